@@ -1,0 +1,1 @@
+"""Small entry points a person runs against the running system. They import only `services`."""

@@ -1,0 +1,1 @@
+"""The LLM worker process: journal in, Ollama tokens out, over the bus."""

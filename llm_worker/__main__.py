@@ -1,0 +1,43 @@
+"""`python -m llm_worker`: run the worker until SIGTERM/SIGINT; writes its pid to DATA_DIR/llm_worker.pid so a
+person (or a test) can restart it on purpose."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+from services import config, logs
+from llm_worker.worker import Worker
+
+PID_FILE = "llm_worker.pid"
+
+
+async def _run(settings: config.Settings) -> None:
+    main_task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, main_task.cancel)
+    try:
+        await Worker(settings).run()
+    except asyncio.CancelledError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = config.load()
+    log = logs.setup("llm_worker", settings.log_level)
+    pid_file = settings.data_dir / PID_FILE
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()}\n")
+    log.info("worker starting: Ollama at %s, model %s", settings.ollama_url, settings.ollama_model or "(best installed)")
+    try:
+        asyncio.run(_run(settings))
+    finally:
+        pid_file.unlink(missing_ok=True)
+    log.info("worker stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

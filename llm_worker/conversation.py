@@ -1,0 +1,118 @@
+"""The worker's view of the journal (the client half of the zguide Clone pattern): entries in seq order, the last
+seq applied, what is already answered, and the prompt that fits the model's context window."""
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+
+from services import protocol
+from services.protocol import Message
+from llm_worker.persona import SYSTEM_PROMPT, describe
+
+MAX_ENTRIES = 5_000  # kept in memory; far more than any context window holds
+CHARS_PER_TOKEN = 3  # a deliberately low estimate (English averages ~4), so the prompt errs on the short side
+MESSAGE_OVERHEAD_TOKENS = 4  # role markers and separators per message in chat templates
+
+
+class Applied(Enum):
+    APPLIED = "applied"
+    OLD = "old"  # at or below the last seq: already seen (snapshot overlap or duplicate)
+    GAP = "gap"  # a seq was skipped: catch up from the journal before going on
+
+
+def position(entry: Message) -> int:
+    """Where an entry sits in the conversation: a reply right after the last entry it answers, whatever its seq."""
+    if entry.type == protocol.REPLY_SAVED:
+        return int(entry.data.get("covers_seq", 0))
+    return entry.seq
+
+
+def estimate_tokens(text: str) -> int:
+    return len(text) // CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS
+
+
+class Conversation:
+    def __init__(self) -> None:
+        self.entries: deque[Message] = deque(maxlen=MAX_ENTRIES)
+        self.last_seq = 0
+        self.answered_through = 0  # the highest seq a finished reply covers
+
+    def load_window(self, entries: list[Message], head_seq: int) -> None:
+        """Cold start: the recent window of the journal replaces whatever was known."""
+        self.entries.clear()
+        self.last_seq = entries[0].seq - 1 if entries else head_seq
+        self.answered_through = 0
+        for entry in entries:
+            self.apply(entry)
+        self.last_seq = max(self.last_seq, head_seq)
+        if not entries:
+            self.answered_through = head_seq  # an empty journal has nothing to answer
+
+    def apply(self, entry: Message) -> Applied:
+        if entry.seq <= self.last_seq:
+            return Applied.OLD
+        if entry.seq != self.last_seq + 1:
+            return Applied.GAP
+        self.last_seq = entry.seq
+        if entry.type == protocol.REPLY_SAVED:
+            self._replace_provisional(entry)
+            self.answered_through = max(self.answered_through, int(entry.data.get("covers_seq", 0)))
+        else:
+            self.entries.append(entry)
+        return Applied.APPLIED
+
+    def add_own_reply(self, reply_id: str, text: str, covers_seq: int, done_reason: str) -> None:
+        """The reply just finished, before its journal entry comes back from the web: counts as answered now, so
+        nothing is answered twice, and is in the context of the next generation."""
+        data = {"reply_id": reply_id, "text": text, "covers_seq": covers_seq, "done_reason": done_reason}
+        self._insert_reply(Message(type=protocol.REPLY_SAVED, data=data, src="llm_worker", seq=None))
+        self.answered_through = max(self.answered_through, covers_seq)
+
+    def _replace_provisional(self, saved: Message) -> None:
+        for index, entry in enumerate(self.entries):
+            if entry.seq is None and entry.data.get("reply_id") == saved.data.get("reply_id"):
+                self.entries[index] = saved
+                return
+        self._insert_reply(saved)
+
+    def _insert_reply(self, reply: Message) -> None:
+        index = len(self.entries)
+        while index > 0 and position(self.entries[index - 1]) > position(reply):
+            index -= 1
+        if len(self.entries) == self.entries.maxlen:
+            self.entries.popleft()
+            index = max(0, index - 1)
+        self.entries.insert(index, reply)
+
+    def next_batch(self) -> list[Message]:
+        """What the next reply answers: every unanswered action up to and including the first unanswered chat
+        message (which always gets its own reply), or, with no chat message waiting, all unanswered actions."""
+        batch = []
+        for entry in self.entries:
+            if entry.type == protocol.REPLY_SAVED or entry.seq <= self.answered_through:
+                continue
+            batch.append(entry)
+            if entry.type == protocol.CHAT_SENT:
+                break
+        return batch
+
+    def prompt(self, through_seq: int, budget_tokens: int) -> list[dict]:
+        """The system prompt plus as much recent history (up to `through_seq`) as fits `budget_tokens`."""
+        budget = budget_tokens - estimate_tokens(SYSTEM_PROMPT)
+        chosen: list[tuple[str, str]] = []
+        for entry in reversed(self.entries):
+            if position(entry) > through_seq:
+                continue
+            role, content = describe(entry)
+            cost = estimate_tokens(content)
+            if cost > budget:
+                break
+            budget -= cost
+            chosen.append((role, content))
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+        for role, content in reversed(chosen):
+            if messages[-1]["role"] == role == "user":  # several actions in a row read as one turn
+                messages[-1]["content"] += "\n" + content
+            else:
+                messages.append({"role": role, "content": content})
+        return messages

@@ -1,0 +1,176 @@
+"""Ollama's HTTP API as the worker uses it: pick the chat model and stream /api/chat line by line, with separate
+connect, first-token and between-chunk deadlines. Every failure becomes an OllamaError that names the fix."""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import httpx
+
+from services.config import Settings
+
+STAT_FIELDS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
+               "eval_duration")
+
+
+class OllamaError(Exception):
+    """A failure a person can act on; str() is the message shown in the chat."""
+
+
+@dataclass
+class Chunk:
+    content: str = ""
+    thinking: str = ""
+    done: bool = False
+    done_reason: str = ""
+    stats: dict = field(default_factory=dict)
+
+
+def model_missing(model: str) -> OllamaError:
+    return OllamaError(f"Model {model} is not installed in Ollama: run `ollama pull {model}`, or set OLLAMA_MODEL "
+                       "to an installed chat model.")
+
+
+def parameter_count(size: str) -> float:
+    """'8.0B' → 8e9, '270M' → 2.7e8; unknown sizes sort last."""
+    match = re.fullmatch(r"\s*([\d.]+)\s*([KMBT]?)\s*", size or "", re.IGNORECASE)
+    if not match:
+        return 0.0
+    scale = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}[match.group(2).upper()]
+    return float(match.group(1)) * scale
+
+
+def is_chat_model(capabilities: list[str]) -> bool:
+    return "completion" in capabilities and "embedding" not in capabilities
+
+
+class OllamaClient:
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.ollama_url
+        self.settings = settings
+        # read=None: the stream's deadlines are enforced per line below, where first token and later chunks differ.
+        timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=None, write=10.0, pool=10.0)
+        self.http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def choose_model(self) -> str:
+        """OLLAMA_MODEL if set (and installed); otherwise the installed chat model with the most parameters (ties:
+        the newest, which /api/tags lists first). Embedding models are never chosen."""
+        installed = (await self._get_json("GET", "/api/tags")).get("models") or []
+        wanted = self.settings.ollama_model
+        if wanted:
+            names = {m.get("name") for m in installed} | {m.get("model") for m in installed}
+            if wanted not in names and f"{wanted}:latest" not in names:
+                raise model_missing(wanted)
+            return wanted
+        best, best_size = "", -1.0
+        for model in installed:
+            name = model.get("name") or model.get("model") or ""
+            capabilities = model.get("capabilities")
+            if capabilities is None:  # older servers list capabilities only in /api/show
+                capabilities = (await self._get_json("POST", "/api/show", {"model": name})).get("capabilities", [])
+            size = parameter_count((model.get("details") or {}).get("parameter_size", ""))
+            if is_chat_model(capabilities) and size > best_size:
+                best, best_size = name, size
+        if not best:
+            raise OllamaError(f"No chat model is installed in Ollama at {self.url}: run `ollama pull llama3.2` "
+                              "(or any chat model), or set OLLAMA_MODEL.")
+        return best
+
+    async def chat(self, model: str, messages: list[dict]) -> AsyncIterator[Chunk]:
+        """Stream one reply. Leaving the iteration early closes the HTTP connection, which stops Ollama generating."""
+        body = {"model": model, "messages": messages, "stream": True,
+                "options": {"num_ctx": self.settings.num_ctx, "num_predict": self.settings.num_predict}}
+        request = self.http.build_request("POST", "/api/chat", json=body)
+        response = await self._send(request, model)
+        try:
+            if response.status_code != 200:
+                await response.aread()
+                raise self._status_error(response, model)
+            lines = response.aiter_lines()
+            deadline_s = self.settings.first_token_timeout_s
+            while True:
+                try:
+                    async with asyncio.timeout(deadline_s):  # not wait_for: in 3.11 it can swallow a cancel
+                        line = await anext(lines)
+                except StopAsyncIteration:
+                    raise OllamaError(f"Ollama ended the reply without finishing it (model {model}).") from None
+                except asyncio.TimeoutError:
+                    raise OllamaError(f"Ollama sent nothing for {deadline_s:g} s in the middle of a reply; it may "
+                                      "be overloaded. Raise OLLAMA_CHUNK_TIMEOUT_S if this is expected.") from None
+                except httpx.HTTPError as error:
+                    raise OllamaError(f"The connection to Ollama broke mid-reply ({error}).") from None
+                deadline_s = self.settings.chunk_timeout_s
+                if not line.strip():
+                    continue
+                chunk = parse_line(line)
+                yield chunk
+                if chunk.done:
+                    return
+        finally:
+            await response.aclose()
+
+    async def _send(self, request: httpx.Request, model: str) -> httpx.Response:
+        # Ollama sends not even headers while a model loads (up to 5 minutes): that wait is the first-token deadline.
+        try:
+            async with asyncio.timeout(self.settings.first_token_timeout_s):
+                return await self.http.send(request, stream=True)
+        except asyncio.TimeoutError:
+            raise OllamaError(f"Ollama did not start answering within {self.settings.first_token_timeout_s:g} s "
+                              f"(model {model} may still be loading). Raise OLLAMA_FIRST_TOKEN_TIMEOUT_S if it "
+                              "needs longer.") from None
+        except httpx.HTTPError as error:
+            raise self._unreachable(error) from None
+
+    async def _get_json(self, method: str, path: str, body: dict | None = None) -> dict:
+        try:
+            response = await self.http.request(method, path, json=body, timeout=self.settings.connect_timeout_s * 3)
+        except httpx.HTTPError as error:
+            raise self._unreachable(error) from None
+        if response.status_code != 200:
+            raise self._status_error(response, body.get("model", "") if body else "")
+        return response.json()
+
+    def _unreachable(self, error: Exception) -> OllamaError:
+        return OllamaError(f"Ollama is not reachable at {self.url} ({type(error).__name__}): start it with "
+                           "`ollama serve`, or set OLLAMA_HOST to where it runs.")
+
+    def _status_error(self, response: httpx.Response, model: str) -> OllamaError:
+        try:
+            detail = str(response.json().get("error", ""))
+        except ValueError:
+            detail = response.text[:200]
+        if response.status_code == 404:
+            return model_missing(model)
+        if response.status_code == 400 and "does not support chat" in detail:
+            return OllamaError(f"{model} is not a chat model (Ollama: {detail}): set OLLAMA_MODEL to a chat model.")
+        if response.status_code == 503:
+            return OllamaError(f"Ollama is busy ({detail or 'server busy'}): the reply will be retried shortly.")
+        if response.status_code == 403:
+            return OllamaError(f"Ollama at {self.url} refused the request (403): check OLLAMA_HOST and OLLAMA_ORIGINS.")
+        return OllamaError(f"Ollama answered {response.status_code}: {detail or 'no detail'}.")
+
+
+def parse_line(line: str) -> Chunk:
+    """One NDJSON line of /api/chat. An `error` line (sent after streaming began) ends the reply with its message."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        raise OllamaError(f"Ollama sent a line that is not JSON: {line[:120]!r}") from None
+    if not isinstance(obj, dict):
+        raise OllamaError(f"Ollama sent an unexpected line: {line[:120]!r}")
+    if "error" in obj:
+        raise OllamaError(f"Ollama reported an error mid-reply: {obj['error']}")
+    message = obj.get("message") or {}
+    return Chunk(
+        content=str(message.get("content") or ""),
+        thinking=str(message.get("thinking") or ""),
+        done=bool(obj.get("done")),
+        done_reason=str(obj.get("done_reason") or ""),
+        stats={key: obj[key] for key in STAT_FIELDS if key in obj},
+    )

@@ -1,0 +1,84 @@
+"""Every process's connections to the bus: a publisher, a subscriber that drops malformed frames, and the
+high-water marks they use. Both only ever *connect*; the bus process is the one place that binds."""
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+import zmq.asyncio
+
+from services import protocol
+from services.protocol import Message, ProtocolError
+
+# PUB drops messages past its high-water mark instead of blocking. 100,000 messages is about ten seconds of tokens at
+# 10,000 tokens/s; anything that must not be lost (the journal) is recovered through catch-up, never PUB/SUB alone.
+HWM_MESSAGES = 100_000
+LINGER_MS = 200  # on close, give queued frames this long to leave, then drop them: shutdown must not hang
+DROP_LOG_EVERY = 100
+
+log = logging.getLogger(__name__)
+
+
+class DropLog:
+    """Logs the first malformed frame and then every hundredth, so a flood of garbage cannot flood the log."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def record(self, error: Exception) -> None:
+        self.count += 1
+        if self.count == 1 or self.count % DROP_LOG_EVERY == 0:
+            log.warning("dropped malformed bus message (%d so far): %s", self.count, error)
+
+
+class Publisher:
+    """A PUB socket connected to the bus. `send` never blocks and never yields to the event loop (PUB drops at the
+    high-water mark rather than wait), so appending to the journal and publishing stays one atomic step."""
+
+    def __init__(self, address: str, src: str, context: zmq.Context | None = None) -> None:
+        self.src = src
+        self.socket = (context or zmq.Context.instance()).socket(zmq.PUB)
+        self.socket.setsockopt(zmq.SNDHWM, HWM_MESSAGES)
+        self.socket.setsockopt(zmq.LINGER, LINGER_MS)
+        self.socket.connect(address)
+
+    def send(self, message: Message) -> None:
+        self.socket.send_multipart(protocol.encode(message))
+
+    def publish(self, kind: str, data: dict) -> Message:
+        message = Message(type=kind, data=data, src=self.src)
+        self.send(message)
+        return message
+
+    def close(self) -> None:
+        self.socket.close(linger=LINGER_MS)
+
+
+class Subscriber:
+    """A SUB socket connected to the bus, filtered by topic prefixes; yields only messages that decode."""
+
+    def __init__(self, address: str, topics: list[str], context: zmq.asyncio.Context) -> None:
+        self.socket = context.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.RCVHWM, HWM_MESSAGES)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        for topic in topics:
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
+        self.socket.connect(address)
+        self.drops = DropLog()
+
+    async def receive(self, timeout_s: float | None = None) -> Message | None:
+        """The next valid message, or None when `timeout_s` passes without one."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            remaining_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if remaining_ms is not None and not await self.socket.poll(remaining_ms):
+                return None
+            frames = await self.socket.recv_multipart()
+            try:
+                return protocol.decode(frames)
+            except ProtocolError as error:
+                self.drops.record(error)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)

@@ -1,0 +1,111 @@
+"""SQLite in WAL mode under DATA_DIR: the todos, and the journal of every action, chat message and finished reply,
+each with its `seq`. The journal's rows are bus messages (services.protocol.Message) with their seq filled in."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from services.protocol import Message
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS todos (
+    id INTEGER PRIMARY KEY,
+    title TEXT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    type TEXT NOT NULL,
+    src TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Todo:
+    id: int
+    title: str
+    done: bool
+
+
+class Store:
+    """One connection, used only from the web's event loop thread; writes are small and WAL keeps them fast."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "app.sqlite3"
+        # Autocommit mode: transactions are opened explicitly by `transaction()`.
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL's usual pairing
+        self.db.executescript(SCHEMA)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # todos
+
+    def todos(self) -> list[Todo]:
+        rows = self.db.execute("SELECT id, title, done FROM todos ORDER BY id").fetchall()
+        return [Todo(row["id"], row["title"], bool(row["done"])) for row in rows]
+
+    def todo(self, todo_id: int) -> Todo | None:
+        row = self.db.execute("SELECT id, title, done FROM todos WHERE id = ?", (todo_id,)).fetchone()
+        return Todo(row["id"], row["title"], bool(row["done"])) if row else None
+
+    def insert_todo(self, title: str) -> Todo:
+        cursor = self.db.execute("INSERT INTO todos (title, created_at) VALUES (?, ?)", (title, time.time()))
+        return Todo(cursor.lastrowid, title, False)
+
+    def update_todo(self, todo: Todo) -> None:
+        self.db.execute("UPDATE todos SET title = ?, done = ? WHERE id = ?", (todo.title, int(todo.done), todo.id))
+
+    def delete_todo(self, todo_id: int) -> None:
+        self.db.execute("DELETE FROM todos WHERE id = ?", (todo_id,))
+
+    # journal
+
+    def append(self, kind: str, data: dict, src: str) -> Message:
+        ts = time.time()
+        cursor = self.db.execute(
+            "INSERT INTO journal (ts, type, src, data) VALUES (?, ?, ?, ?)", (ts, kind, src, json.dumps(data))
+        )
+        return Message(type=kind, data=data, src=src, seq=cursor.lastrowid, ts=ts)
+
+    def last_seq(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]
+
+    def entries_after(self, seq: int, limit: int) -> list[Message]:
+        rows = self.db.execute("SELECT * FROM journal WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
+        return [_message(row) for row in rows]
+
+    def recent_entries(self, limit: int, kinds: tuple[str, ...] | None = None) -> list[Message]:
+        """The newest `limit` entries (of the given types), oldest first."""
+        where = f"WHERE type IN ({','.join('?' * len(kinds))})" if kinds else ""
+        rows = self.db.execute(
+            f"SELECT * FROM journal {where} ORDER BY seq DESC LIMIT ?", (*(kinds or ()), limit)
+        ).fetchall()
+        return [_message(row) for row in reversed(rows)]
+
+
+def _message(row: sqlite3.Row) -> Message:
+    return Message(type=row["type"], data=json.loads(row["data"]), src=row["src"], seq=row["seq"], ts=row["ts"])

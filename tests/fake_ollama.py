@@ -1,0 +1,231 @@
+"""A fake Ollama server speaking the real HTTP API (see shared/OLLAMA.md): /, /api/version, /api/tags, /api/show,
+/api/ps and /api/chat with NDJSON streaming, real field names, status codes and error bodies. It records every
+request, and has knobs for speed, time to first token and faults. Runs uvicorn in a thread: `with FakeOllama() as f:`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+VERSION = "0.13.0"
+
+
+@dataclass
+class FakeModel:
+    name: str
+    parameter_size: str = "3.2B"
+    capabilities: tuple[str, ...] = ("completion", "tools")
+    family: str = "llama"
+
+
+def default_reply(request: dict) -> list[str]:
+    """A deterministic reply that quotes the last user message, in word-sized tokens."""
+    last = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
+    text = f"Noted, human. You said: {last[-80:]}"
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+@dataclass
+class Knobs:
+    reply: Callable[[dict], list[str]] = default_reply  # the tokens of each reply
+    first_token_delay_s: float = 0.0  # before headers, as while a model loads
+    tokens_per_s: float = 0.0  # 0: as fast as possible
+    thinking: list[str] = field(default_factory=list)  # message.thinking chunks sent before the content
+    status: int = 200  # non-200: answer /api/chat with this status and {"error": error_message}
+    error_message: str = "an error was encountered while running the model"
+    error_after_tokens: int | None = None  # send an {"error": ...} line after this many tokens
+    hang_after_tokens: int | None = None  # stop sending (connection kept open) after this many tokens
+    done_reason: str = "stop"
+
+
+class FakeOllama:
+    def __init__(self, models: list[FakeModel] | None = None, port: int | None = None) -> None:
+        self.models = models if models is not None else [FakeModel("fake-model:latest")]
+        self.knobs = Knobs()
+        self.port = port or free_port()
+        self.requests: list[dict] = []  # every /api/chat body, in order
+        self.disconnects = 0  # streams the client closed before the end
+        self.tokens_sent: list[tuple[float, str]] = []  # (time.time(), text) as each token is written
+        self._changed = threading.Condition()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # lifecycle
+
+    def start(self) -> "FakeOllama":
+        app = Starlette(routes=[
+            Route("/", self._root), Route("/api/version", self._version), Route("/api/tags", self._tags),
+            Route("/api/ps", self._ps), Route("/api/show", self._show, methods=["POST"]),
+            Route("/api/chat", self._chat, methods=["POST"]),
+        ])
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("fake Ollama did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._server.force_exit = True
+            self._thread.join(timeout=10)
+            self._server = None
+
+    def __enter__(self) -> "FakeOllama":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # waiting on what happened
+
+    def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 10, what: str = "condition") -> None:
+        with self._changed:
+            if not self._changed.wait_for(predicate, timeout=timeout_s):
+                raise TimeoutError(f"fake Ollama: timed out after {timeout_s} s waiting for {what}")
+
+    def wait_for_requests(self, count: int, timeout_s: float = 10) -> list[dict]:
+        self.wait_for(lambda: len(self.requests) >= count, timeout_s, f"{count} chat requests")
+        return self.requests
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    # the API
+
+    async def _root(self, request: Request) -> Response:
+        return PlainTextResponse("Ollama is running")
+
+    async def _version(self, request: Request) -> Response:
+        return JSONResponse({"version": VERSION})
+
+    async def _tags(self, request: Request) -> Response:
+        return JSONResponse({"models": [self._describe(m) for m in self.models]})
+
+    async def _ps(self, request: Request) -> Response:
+        return JSONResponse({"models": []})
+
+    async def _show(self, request: Request) -> Response:
+        body = await request.json()
+        model = self._find(body.get("model") or body.get("name") or "")
+        if model is None:
+            return JSONResponse({"error": f"model '{body.get('model')}' not found"}, status_code=404)
+        return JSONResponse({
+            "modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+            "details": self._describe(model)["details"], "capabilities": list(model.capabilities),
+            "model_info": {"general.architecture": model.family, f"{model.family}.context_length": 131072},
+            "modified_at": _now(),
+        })
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(body)
+        self._notify()
+        knobs = self.knobs
+        name = body.get("model") or ""
+        if not name:
+            return JSONResponse({"error": "model is required"}, status_code=400)
+        model = self._find(name)
+        if model is None:
+            return JSONResponse({"error": f'model "{name}" not found, try pulling it first'}, status_code=404)
+        if "completion" not in model.capabilities:
+            return JSONResponse({"error": f'"{name}" does not support chat'}, status_code=400)
+        if knobs.first_token_delay_s:
+            await asyncio.sleep(knobs.first_token_delay_s)  # like a loading model: not even headers yet
+        if knobs.status != 200:
+            return JSONResponse({"error": knobs.error_message}, status_code=knobs.status)
+        tokens = knobs.reply(body)
+        if body.get("stream", True) is False:
+            return JSONResponse(self._final(name, "".join(tokens), len(tokens), knobs.done_reason))
+        return StreamingResponse(self._stream(name, tokens, knobs), media_type="application/x-ndjson")
+
+    async def _stream(self, name: str, tokens: list[str], knobs: Knobs):
+        finished = False
+        try:
+            for text in knobs.thinking:
+                yield _line(self._chunk(name, "", thinking=text))
+            for index, text in enumerate(tokens):
+                if knobs.error_after_tokens == index:
+                    yield _line({"error": knobs.error_message})
+                    finished = True
+                    return
+                if knobs.hang_after_tokens == index:
+                    await asyncio.sleep(3600)
+                if knobs.tokens_per_s:
+                    await asyncio.sleep(1 / knobs.tokens_per_s)
+                self.tokens_sent.append((time.time(), text))
+                yield _line(self._chunk(name, text))
+            yield _line(self._final(name, "", len(tokens), knobs.done_reason))
+            finished = True
+        finally:
+            if not finished:
+                self.disconnects += 1
+            self._notify()
+
+    # shapes
+
+    def _find(self, name: str) -> FakeModel | None:
+        for model in self.models:
+            if name in (model.name, model.name.removesuffix(":latest")):
+                return model
+        return None
+
+    def _describe(self, model: FakeModel) -> dict:
+        return {
+            "name": model.name, "model": model.name, "modified_at": _now(), "size": 2_019_393_189,
+            "digest": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72",
+            "details": {"parent_model": "", "format": "gguf", "family": model.family, "families": [model.family],
+                        "parameter_size": model.parameter_size, "quantization_level": "Q4_K_M"},
+            "capabilities": list(model.capabilities),
+        }
+
+    def _chunk(self, name: str, content: str, thinking: str = "") -> dict:
+        message = {"role": "assistant", "content": content}
+        if thinking:
+            message["thinking"] = thinking
+        return {"model": name, "created_at": _now(), "message": message, "done": False}
+
+    def _final(self, name: str, content: str, eval_count: int, done_reason: str) -> dict:
+        return {
+            "model": name, "created_at": _now(), "message": {"role": "assistant", "content": content},
+            "done": True, "done_reason": done_reason, "total_duration": 1_234_567_890,
+            "load_duration": 12_345_678, "prompt_eval_count": 42, "prompt_eval_duration": 23_456_789,
+            "eval_count": eval_count, "eval_duration": 987_654_321,
+        }
+
+
+def _line(obj: dict) -> bytes:
+    return (json.dumps(obj) + "\n").encode()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

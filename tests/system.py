@@ -1,0 +1,231 @@
+"""Real processes for tests: the bus, web and worker started as `python -m ...` on free ports with a temporary
+DATA_DIR, plus watchers that record what the bus and a browser's WebSocket see and let a test await it."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import zmq
+from websockets.sync.client import connect as ws_connect
+
+from services import protocol
+from services.protocol import Message, ProtocolError
+from tests.fake_ollama import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+STOP_TIMEOUT_S = 5  # honcho's budget too: every process must end within it after SIGTERM
+
+
+class Recorder:
+    """A list that a test can wait on: `wait_for(predicate)` returns the first item matching, or times out."""
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self._changed = threading.Condition()
+
+    def add(self, item) -> None:
+        with self._changed:
+            self.items.append(item)
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable, timeout_s: float = 10, what: str = "an item", start: int = 0):
+        found = []
+
+        def match() -> bool:
+            found[:] = [item for item in self.items[start:] if predicate(item)][:1]
+            return bool(found)
+
+        with self._changed:
+            if not self._changed.wait_for(match, timeout=timeout_s):
+                raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        return found[0]
+
+    def wait_until(self, condition: Callable[[list], bool], timeout_s: float = 10, what: str = "a condition"):
+        with self._changed:
+            if not self._changed.wait_for(lambda: condition(self.items), timeout=timeout_s):
+                raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        return self.items
+
+
+class Process:
+    def __init__(self, name: str, args: list[str], env: dict, log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(self.log_path, "ab"),
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """SIGTERM, then SIGKILL (of the whole group) if it has not ended within STOP_TIMEOUT_S; returns the
+        exit code it ended with by itself, or None if it had to be killed."""
+        if not self.alive():
+            return self.popen.returncode
+        self.popen.send_signal(sig)
+        try:
+            return self.popen.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            if os.environ.get("DUMP_HUNG"):
+                subprocess.run(["py-spy", "dump", "--pid", str(self.popen.pid)])
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(STOP_TIMEOUT_S)
+            return None
+
+
+class System:
+    """One app instance: bus, web and worker processes sharing an environment."""
+
+    def __init__(self, tmp_path: Path, ollama_url: str, **overrides: str) -> None:
+        self.tmp_path = tmp_path
+        self.data_dir = tmp_path / "data"
+        self.web_port = free_port()
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "OLLAMA_HOST": ollama_url,
+            "OLLAMA_MODEL": "",
+            "WEB_HOST": "127.0.0.1",
+            "WEB_PORT": str(self.web_port),
+            "DATA_DIR": str(self.data_dir),
+            "BUS_PUB_ADDR": f"tcp://127.0.0.1:{free_port()}",
+            "BUS_SUB_ADDR": f"tcp://127.0.0.1:{free_port()}",
+            "JOURNAL_ADDR": f"tcp://127.0.0.1:{free_port()}",
+            "HEARTBEAT_S": "0.5",
+            "OLLAMA_CONNECT_TIMEOUT_S": "2",
+            "OLLAMA_FIRST_TOKEN_TIMEOUT_S": "20",
+            "OLLAMA_CHUNK_TIMEOUT_S": "10",
+            **overrides,
+        }
+        self.processes: dict[str, Process] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.web_port}/ws"
+
+    def start(self, name: str, *args: str) -> Process:
+        process = Process(name, list(args), self.env, self.tmp_path)
+        self.processes[name] = process
+        return process
+
+    def start_bus(self) -> Process:
+        return self.start("bus", sys.executable, "-m", "services.bus")
+
+    def start_web(self) -> Process:
+        process = self.start("web", sys.executable, "-m", "web")
+        self.wait_for_web(process)
+        return process
+
+    def start_worker(self, respawn: bool = False) -> Process:
+        command = [sys.executable, "-m", "llm_worker"]
+        return self.start("worker", *(["sh", str(ROOT / "bin" / "respawn")] if respawn else []), *command)
+
+    def start_all(self) -> "System":
+        self.start_bus()
+        self.start_web()
+        self.start_worker()
+        return self
+
+    def wait_for_web(self, process: Process, timeout_s: float = 15) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not process.alive():
+                raise RuntimeError(f"web exited:\n{process.log()}")
+            try:
+                if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)  # polling a port that is not open yet: there is no event to await
+        raise TimeoutError(f"web did not answer within {timeout_s} s:\n{process.log()}")
+
+    def worker_pid(self) -> int:
+        return int((self.data_dir / "llm_worker.pid").read_text())
+
+    def stop(self) -> dict[str, int | None]:
+        codes = {}
+        for name in reversed(list(self.processes)):
+            codes[name] = self.processes[name].stop()
+        return codes
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name} ---\n{p.log()}" for name, p in self.processes.items())
+
+
+class BusWatcher:
+    """A subscriber to everything on the bus, in a thread; `messages` records each decoded message."""
+
+    def __init__(self, address: str) -> None:
+        self.messages = Recorder()
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.SUB)
+        self._socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self._socket.connect(address)
+        self._running = True
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self._running:
+            if self._socket.poll(50):
+                try:
+                    self.messages.add(protocol.decode(self._socket.recv_multipart()))
+                except ProtocolError:
+                    pass
+
+    def wait_for(self, kind: str, timeout_s: float = 10, start: int = 0, **data) -> Message:
+        def matches(message: Message) -> bool:
+            return message.type == kind and all(message.data.get(k) == v for k, v in data.items())
+
+        return self.messages.wait_for(matches, timeout_s, f"{kind} {data or ''}", start)
+
+    def of_type(self, kind: str) -> list[Message]:
+        return [m for m in self.messages.items if m.type == kind]
+
+    def close(self) -> None:
+        self._running = False
+        self._thread.join(timeout=2)
+        self._socket.close(linger=0)
+        self._context.term()
+
+
+class Tab:
+    """A browser tab's WebSocket, in a thread; `frames` records every HTML frame the web sends it."""
+
+    def __init__(self, ws_url: str, origin: str | None = None) -> None:
+        self.frames = Recorder()
+        self._ws = ws_connect(ws_url, origin=origin, open_timeout=5).__enter__()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for frame in self._ws:
+                self.frames.add(frame)
+        except Exception:
+            pass
+
+    def wait_for_text(self, text: str, timeout_s: float = 10) -> str:
+        return self.frames.wait_for(lambda frame: text in frame, timeout_s, f"a frame containing {text!r}")
+
+    def close(self) -> None:
+        self._ws.close()
+        self._thread.join(timeout=2)

@@ -1,0 +1,285 @@
+"""The walking system end to end: real bus, web and worker processes, a real SQLite file, the fake Ollama."""
+from __future__ import annotations
+
+import html
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import json
+import time
+
+import httpx
+import msgpack
+import zmq
+
+from services import protocol
+from tests.fake_ollama import FakeOllama
+from tests.system import ROOT, BusWatcher, System, Tab
+
+HTMX = {"HX-Request": "true"}
+
+
+def post(app: System, path: str, **form) -> httpx.Response:
+    return httpx.post(app.url + path, data=form, headers=HTMX, timeout=5)
+
+
+def journal_types(app: System) -> list[str]:
+    with sqlite3.connect(app.data_dir / "app.sqlite3") as db:
+        return [row[0] for row in db.execute("SELECT type FROM journal ORDER BY seq")]
+
+
+def token_frames(tab: Tab, reply_id: str) -> list[str]:
+    marker = f'beforeend:#reply-{reply_id}-body"'
+    return [frame for frame in tab.frames.items if marker in frame]
+
+
+def test_an_action_reaches_ollama_and_its_reply_streams_token_by_token_to_every_tab(system, fake_ollama):
+    fake_ollama.knobs.tokens_per_s = 50
+    fake_ollama.knobs.reply = lambda request: ["Milk", " again", "?", " Bold", " choice", "."]
+    tabs = [Tab(system.ws_url), Tab(system.ws_url)]
+    try:
+        assert post(system, "/todos", title="buy milk").status_code == 200
+        request = fake_ollama.wait_for_requests(1)[0]
+        assert request["stream"] is True and request["model"] == "fake-model:latest"
+        assert "buy milk" in request["messages"][-1]["content"]
+        start = system.bus.wait_for("llm.start")
+        reply_id = start.data["reply_id"]
+        system.bus.wait_for("journal.reply.saved", reply_id=reply_id)
+        for tab in tabs:
+            tab.wait_for_text(f'id="reply-{reply_id}"')  # the finished reply replaces the streaming one
+            frames = token_frames(tab, reply_id)
+            # One frame per token, each carrying only its own text, in order: never the reply so far.
+            texts = [html.unescape(re.sub(r"<[^>]+>", "", frame)) for frame in frames]
+            assert texts == ["Milk", " again", "?", " Bold", " choice", "."]
+    finally:
+        for tab in tabs:
+            tab.close()
+    done = system.bus.wait_for("llm.done", reply_id=reply_id)
+    assert done.data["text"] == "Milk again? Bold choice." and done.data["done_reason"] == "stop"
+    assert done.data["stats"]["eval_count"] == 6
+
+
+def test_the_context_of_a_second_chat_message_contains_the_first_exchange(system, fake_ollama):
+    post(system, "/todos", title="water the ficus")
+    system.bus.wait_for("journal.reply.saved")
+    post(system, "/chat", text="What was the todo I just added?")
+    system.bus.wait_for("journal.reply.saved", covers_seq=3)
+    post(system, "/chat", text="And what did you answer me?")
+    requests = fake_ollama.wait_for_requests(3)
+    messages = requests[2]["messages"]
+    assert messages[0]["role"] == "system" and "attitude" in messages[0]["content"]
+    contents = [m["content"] for m in messages]
+    assert any("water the ficus" in c for c in contents)
+    assert "What was the todo I just added?" in contents
+    assert any(m["role"] == "assistant" and "What was the todo I just added?" in m["content"] for m in messages)
+    assert contents[-1] == "And what did you answer me?"
+    assert requests[2]["options"]["num_ctx"] == 4096
+
+
+def test_reloading_the_page_shows_the_todos_and_the_chat_history(system, fake_ollama):
+    post(system, "/todos", title="call mum")
+    post(system, "/chat", text="remind me why")
+    system.bus.wait_for("journal.reply.saved", covers_seq=2)
+    page = httpx.get(system.url + "/", timeout=5).text
+    assert "call mum" in page and "remind me why" in page
+    assert "Noted, human." in page  # the finished reply, rendered from Markdown on the server
+    assert 'role="log"' in page and "fake-model:latest" in page
+
+
+def test_invalid_input_gets_a_clear_4xx_and_nothing_is_stored_or_published(system):
+    too_long = "x" * 501
+    for path, form in [("/todos", {"title": ""}), ("/todos", {"title": "   "}), ("/todos", {"title": too_long}),
+                       ("/chat", {"text": ""}), ("/chat", {"text": "y" * 4001})]:
+        response = post(system, path, **form)
+        assert response.status_code == 422, (path, form)
+        assert "cannot be empty" in response.text or "too long" in response.text
+    ok = post(system, "/todos", title="x" * 500)  # the limit itself is fine
+    assert ok.status_code == 200
+    system.bus.wait_for("journal.todo.added")
+    assert journal_types(system)[0] == "journal.todo.added"
+    assert [m.type for m in system.bus.messages.items if m.type.startswith("journal.chat")] == []
+    with sqlite3.connect(system.data_dir / "app.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM todos").fetchone()[0] == 1
+
+
+def test_todos_work_with_no_worker_and_no_ollama(tmp_path):
+    app = System(tmp_path, "http://127.0.0.1:9")  # nothing listens on port 9
+    try:
+        app.start_bus()
+        app.start_web()
+        tab = Tab(app.ws_url)
+        assert post(app, "/todos", title="first").status_code == 200
+        tab.wait_for_text("first")
+        todo_id = re.search(r'id="todo-(\d+)"', httpx.get(app.url + "/").text).group(1)
+        assert post(app, f"/todos/{todo_id}/toggle").status_code == 200
+        edit = httpx.put(f"{app.url}/todos/{todo_id}", data={"title": "renamed"}, headers=HTMX, timeout=5)
+        assert edit.status_code == 200 and "renamed" in edit.text
+        assert httpx.delete(f"{app.url}/todos/{todo_id}", headers=HTMX, timeout=5).status_code == 200
+        tab.close()
+        assert journal_types(app) == ["journal.todo.added", "journal.todo.toggled", "journal.todo.edited",
+                                      "journal.todo.deleted"]
+        assert "renamed" not in httpx.get(app.url + "/").text
+    finally:
+        app.stop()
+
+
+def test_a_killed_worker_comes_back_and_answers_everything_once(tmp_path, fake_ollama):
+    fake_ollama.knobs.tokens_per_s = 20
+    fake_ollama.knobs.reply = lambda request: [f" word{i}" for i in range(100)]  # five seconds: killed mid-stream
+    app = System(tmp_path, fake_ollama.url)
+    bus = None
+    try:
+        app.start_bus()
+        bus = BusWatcher(app.env["BUS_SUB_ADDR"])
+        app.start_web()
+        app.start_worker(respawn=True)  # as the Procfile runs it
+        bus.wait_for("llm.status", timeout_s=15, state="ready")
+        post(app, "/todos", title="first")
+        bus.wait_for("llm.token", timeout_s=10)
+        old_pid = app.worker_pid()
+        killed_at = time.time()
+        os.kill(old_pid, signal.SIGKILL)
+        # Actions while the worker is down are journaled and published to nobody.
+        post(app, "/todos", title="second")
+        post(app, "/chat", text="are you there?")
+        back = bus.messages.wait_for(lambda m: m.type == "llm.status" and m.data["pid"] != old_pid, 5,
+                                     "a heartbeat from the restarted worker")
+        assert back.ts - killed_at < 2, "the Procfile's restart loop brings the worker back within 2 s"
+        fake_ollama.knobs.tokens_per_s = 0
+        fake_ollama.knobs.reply = lambda request: ["Answered."]
+        bus.wait_for("journal.reply.saved", timeout_s=20, covers_seq=3)
+        saved = bus.of_type("journal.reply.saved")
+        # The restarted worker answered the chat message once, with the interrupted action and the one taken while
+        # it was down folded into the same reply: both are in its context, none got a reply of its own.
+        assert len(fake_ollama.requests) == 2
+        last_turn = fake_ollama.requests[1]["messages"][-1]["content"]
+        assert "first" in last_turn and "second" in last_turn and last_turn.endswith("are you there?")
+        assert [m.data["covers_seq"] for m in saved] == [3]
+        assert app.processes["bus"].alive() and app.processes["web"].alive()
+    finally:
+        if bus is not None:
+            bus.close()
+        codes = app.stop()
+        print(app.logs())
+    assert all(code is not None for code in codes.values()), codes
+
+
+def test_ollama_down_shows_one_clear_message_then_recovers(tmp_path):
+    fake = FakeOllama()  # not started yet: its port refuses connections
+    app = System(tmp_path, fake.url)
+    bus = None
+    try:
+        app.start_bus()
+        bus = BusWatcher(app.env["BUS_SUB_ADDR"])
+        app.start_web()
+        app.start_worker()
+        bus.wait_for("llm.status", timeout_s=15)
+        tab = Tab(app.ws_url)
+        post(app, "/todos", title="one")
+        error = bus.wait_for("llm.error", timeout_s=10)
+        assert "not reachable" in error.data["message"] and "ollama serve" in error.data["message"]
+        tab.wait_for_text("ollama serve")
+        post(app, "/todos", title="two")
+        bus.wait_for("llm.status", state="offline")
+        fake.start()
+        post(app, "/todos", title="three")
+        saved = bus.wait_for("journal.reply.saved", timeout_s=20)
+        assert saved.data["covers_seq"] == 3  # all three actions, folded into one comment once Ollama was back
+        shown_errors = [m for m in bus.of_type("llm.error") if not m.data.get("repeated")]
+        assert len(shown_errors) == 1
+        tab.close()
+    finally:
+        if bus is not None:
+            bus.close()
+        app.stop()
+        fake.stop()
+
+
+def test_a_missing_model_is_reported_with_the_fix(tmp_path, fake_ollama):
+    app = System(tmp_path, fake_ollama.url, OLLAMA_MODEL="llama3.2")
+    bus = None
+    try:
+        app.start_bus()
+        bus = BusWatcher(app.env["BUS_SUB_ADDR"])
+        app.start_web()
+        app.start_worker()
+        post(app, "/chat", text="hello?")
+        error = bus.wait_for("llm.error", timeout_s=10)
+        assert "ollama pull llama3.2" in error.data["message"] and "OLLAMA_MODEL" in error.data["message"]
+        status = bus.wait_for("llm.status", state="offline")
+        assert "ollama pull llama3.2" in status.data["reason"]
+    finally:
+        if bus is not None:
+            bus.close()
+        app.stop()
+
+
+def test_malformed_bus_frames_are_dropped_and_nothing_crashes(system, fake_ollama):
+    context = zmq.Context()
+    rogue = context.socket(zmq.PUB)
+    rogue.connect(system.env["BUS_PUB_ADDR"])
+    garbage = [
+        [b"journal.todo.added", b"\xc1not msgpack"],
+        [b"journal.todo.added", protocol.encode(protocol.Message("journal.todo.added", {}, "x", seq=1))[1][:-3]],
+        [b"llm.token", msgpack.packb({"v": 99, "type": "llm.token", "src": "x", "ts": 1, "data": {}})],
+        [b"llm.bogus", msgpack.packb({"v": 1, "type": "llm.bogus", "src": "x", "ts": 1, "data": {}})],
+        [b"llm.token", msgpack.packb({"v": 1, "type": "llm.token", "src": "x", "ts": 1,
+                                                    "data": {"no_reply_id": True}})],
+        [b"single frame"],
+        [b"control.stop", b"", b"extra"],
+        [b"llm.done", msgpack.packb({"v": 1, "type": "llm.done", "src": "x", "ts": 1, "data": {"reply_id": 5}})],
+    ]
+    try:
+        # A PUB socket's first messages are lost while it connects (slow joiner): resend until the watcher has seen
+        # the last frame of a round, which the web's relay must drop as malformed (a done without its text).
+        for _ in range(50):
+            for frames in garbage:
+                rogue.send_multipart(frames)
+            try:
+                system.bus.wait_for("llm.done", timeout_s=0.2, reply_id=5)
+                break
+            except TimeoutError:
+                continue
+        post(system, "/todos", title="still alive?")
+        system.bus.wait_for("journal.reply.saved", timeout_s=10)
+        assert all(p.alive() for p in system.processes.values())
+        assert "dropped malformed" in system.processes["web"].log()
+        assert "dropped malformed" in system.processes["worker"].log()
+    finally:
+        rogue.close(linger=0)
+        context.term()
+
+
+def test_the_tap_shows_every_message_type(system, fake_ollama):
+    tap = subprocess.Popen([sys.executable, "-m", "bin.tap", "--jsonl"], cwd=ROOT, env=system.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seen: set[str] = set()
+    try:
+        # Attach at any time: the tap's first line is a heartbeat, proving it is connected before we act.
+        seen.add(json.loads(tap.stdout.readline())["type"])
+        fake_ollama.knobs.tokens_per_s = 200
+        fake_ollama.knobs.reply = lambda request: ["x"] * 400
+        post(system, "/todos", title="tap me")
+        system.bus.wait_for("llm.token")
+        httpx.post(system.url + "/stop", headers=HTMX, timeout=5)
+        system.bus.wait_for("journal.reply.saved", done_reason="stopped")
+        fake_ollama.knobs.reply = lambda request: ["fine."]
+        todo_id = re.search(r'id="todo-(\d+)"', httpx.get(system.url + "/").text).group(1)
+        post(system, f"/todos/{todo_id}/toggle")
+        httpx.put(f"{system.url}/todos/{todo_id}", data={"title": "tapped"}, headers=HTMX)
+        httpx.delete(f"{system.url}/todos/{todo_id}", headers=HTMX)
+        fake_ollama.knobs.status = 500
+        post(system, "/chat", text="hello tap")
+        system.bus.wait_for("llm.error")
+        wanted = set(protocol.KNOWN_TYPES)
+        for line in tap.stdout:
+            seen.add(json.loads(line)["type"])
+            if seen >= wanted:
+                break
+        assert seen == wanted
+    finally:
+        tap.send_signal(signal.SIGTERM)
+        assert tap.wait(5) == 0

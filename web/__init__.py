@@ -1,0 +1,1 @@
+"""The web process: FastHTML + HTMX page, the journal, and the relay of LLM output to every open tab."""

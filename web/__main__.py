@@ -1,0 +1,24 @@
+"""`python -m web`: serve the app with uvicorn on WEB_HOST:WEB_PORT."""
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from services import config, logs
+from web.app import create_app
+
+SHUTDOWN_GRACE_S = 2  # open WebSockets get this long before uvicorn closes them; honcho kills at 5 s
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = config.load()
+    logs.setup("web", settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.web_host, port=settings.web_port, log_config=None,
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S, ws_max_size=64 * 1024)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The web process: FastHTML + HTMX routes for todos and chat, the WebSocket every tab listens on, and the bus
+connections (journal publisher, catch-up server, LLM relay) that live as long as the app."""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from dataclasses import replace
+from pathlib import Path
+
+import zmq.asyncio
+from fasthtml.common import FastHTML, Link, Meta, Script, to_xml
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+from services import protocol
+from services.busclient import Publisher, Subscriber
+from services.config import Settings
+from store import Store
+from web.clients import Clients
+from web.components import (
+    ChatForm, Page, Status, TodoEditForm, TodoForm, TodoItem, TodoList, UserMessage, oob,
+)
+from web.journal import Journal
+from web.relay import Relay
+
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_TITLE_CHARS = 500
+MAX_MESSAGE_CHARS = 4_000
+CHAT_HISTORY_SHOWN = 200  # messages rendered on page load; older ones stay in the journal
+
+# htmx does not swap 4xx responses by default; a 422 carries the form back with its error message.
+HTMX_CONFIG = {
+    "responseHandling": [
+        {"code": "204", "swap": False},
+        {"code": "[23]..", "swap": True},
+        {"code": "422", "swap": True, "error": False},
+        {"code": "[45]..", "swap": False, "error": True},
+    ],
+}
+HEADERS = (
+    Meta(name="viewport", content="width=device-width, initial-scale=1"),
+    Meta(name="htmx-config", content=json.dumps(HTMX_CONFIG)),
+    Link(rel="stylesheet", href="/static/app.css"),
+    Script(src="/static/vendor/htmx-2.0.8.min.js"),
+    Script(src="/static/vendor/htmx-ext-ws-2.0.4.js"),
+    Script(src="/static/app.js", defer=True),
+)
+
+
+class InputError(ValueError):
+    """Input a person can fix; its message is shown next to the field."""
+
+
+def clean_text(text: str, what: str, limit: int) -> str:
+    text = text.strip()
+    if not text:
+        raise InputError(f"{what} cannot be empty.")
+    if len(text) > limit:
+        raise InputError(f"{what} is too long: {len(text)} characters, the limit is {limit}.")
+    return text
+
+
+def invalid(component) -> HTMLResponse:
+    """422 with the form re-rendered around its error: htmx swaps it in (see HTMX_CONFIG), nothing is stored."""
+    return HTMLResponse(to_xml(component), status_code=422)
+
+
+def create_app(settings: Settings) -> FastHTML:
+    store = Store(settings.data_dir)
+    clients = Clients()
+    journal = Journal(store, publisher=None, history_window=settings.history_window)  # publisher set at startup
+    relay = Relay(journal, clients, settings.heartbeat_s)
+
+    async def lifespan(app):  # FastHTML takes the async generator itself, not a context manager
+        # Sockets are created inside the running loop and closed with a short linger on the way out.
+        context = zmq.asyncio.Context()
+        journal.publisher = Publisher(settings.bus_pub_addr, src="web")
+        subscriber = Subscriber(settings.bus_sub_addr, [protocol.LLM], context)
+        tasks = [
+            asyncio.create_task(journal.serve_catchup(settings.journal_addr, context)),
+            asyncio.create_task(relay.run(subscriber)),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            subscriber.close()
+            journal.publisher.close()
+            context.term()
+            store.close()
+
+    app = FastHTML(
+        hdrs=HEADERS, default_hdrs=False, canonical=False, sess_cls=None, secret_key=secrets.token_hex(16),
+        lifespan=lifespan, routes=[Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")],
+        hx_ext="ws", ws_connect="/ws",  # every tab listens on one WebSocket; frames are out-of-band swaps
+    )
+    app.state.relay, app.state.clients, app.state.store = relay, clients, store
+
+    # Every route is `async def` on purpose: FastHTML runs plain `def` routes in a thread pool, and the store's
+    # connection and the PUB socket belong to the event loop's thread.
+
+    def todos_changed():
+        clients.broadcast(oob(TodoList(store.todos())))
+
+    @app.get("/")
+    async def index():
+        chat = store.recent_entries(CHAT_HISTORY_SHOWN, (protocol.CHAT_SENT, protocol.REPLY_SAVED))
+        return Page(store.todos(), chat, list(relay.streaming.values()), relay.status)
+
+    @app.post("/todos")
+    async def add_todo(title: str = ""):
+        try:
+            title = clean_text(title, "A todo title", MAX_TITLE_CHARS)
+        except InputError as error:
+            return invalid(TodoForm(title, str(error)))
+        with journal.entry(protocol.TODO_ADDED) as data:
+            todo = store.insert_todo(title)
+            data.update(id=todo.id, title=todo.title)
+        todos_changed()
+        return TodoForm()
+
+    @app.post("/todos/{todo_id}/toggle")
+    async def toggle_todo(todo_id: int):
+        todo = store.todo(todo_id)
+        if todo is None:
+            return Response("No such todo.", status_code=404)
+        toggled = replace(todo, done=not todo.done)
+        with journal.entry(protocol.TODO_TOGGLED) as data:
+            store.update_todo(toggled)
+            data.update(id=todo.id, title=todo.title, done=toggled.done)
+        todos_changed()
+
+    @app.get("/todos/{todo_id}/edit")
+    async def edit_form(todo_id: int):
+        todo = store.todo(todo_id)
+        return TodoEditForm(todo) if todo else Response("No such todo.", status_code=404)
+
+    @app.put("/todos/{todo_id}")
+    async def edit_todo(todo_id: int, title: str = ""):
+        todo = store.todo(todo_id)
+        if todo is None:
+            return Response("No such todo.", status_code=404)
+        try:
+            title = clean_text(title, "A todo title", MAX_TITLE_CHARS)
+        except InputError as error:
+            return invalid(TodoEditForm(todo, title, str(error)))
+        if title != todo.title:
+            with journal.entry(protocol.TODO_EDITED) as data:
+                store.update_todo(replace(todo, title=title))
+                data.update(id=todo.id, old_title=todo.title, title=title)
+            todos_changed()
+        return TodoItem(store.todo(todo_id))
+
+    @app.delete("/todos/{todo_id}")
+    async def delete_todo(todo_id: int):
+        todo = store.todo(todo_id)
+        if todo is None:
+            return Response("No such todo.", status_code=404)
+        with journal.entry(protocol.TODO_DELETED) as data:
+            store.delete_todo(todo.id)
+            data.update(id=todo.id, title=todo.title)
+        todos_changed()
+
+    @app.post("/chat")
+    async def send_chat(text: str = ""):
+        try:
+            text = clean_text(text, "A message", MAX_MESSAGE_CHARS)
+        except InputError as error:
+            return invalid(ChatForm(text, str(error)))
+        with journal.entry(protocol.CHAT_SENT) as data:
+            data.update(text=text)
+        clients.broadcast(oob(UserMessage(journal.last_published), target="chat-log"))
+        return ChatForm()
+
+    @app.post("/stop")
+    async def stop():
+        journal.publisher.publish(protocol.STOP, {})
+
+    async def on_connect(ws):
+        clients.connect(ws)
+        clients.send(ws, oob(Status(relay.status)))
+
+    async def on_disconnect(ws):
+        clients.disconnect(ws)
+
+    @app.ws("/ws", conn=on_connect, disconn=on_disconnect)
+    async def ws_message(msg: str = ""):
+        pass  # tabs only listen; actions arrive as HTTP requests, which carry validation errors back
+
+    return app

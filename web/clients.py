@@ -1,0 +1,63 @@
+"""Every open browser tab's WebSocket. Each has a bounded outgoing queue drained by its own task, so one slow tab
+delays only itself; a tab that falls too far behind is disconnected and resyncs when htmx reconnects."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fasthtml.common import to_xml
+from starlette.websockets import WebSocket
+
+QUEUE_LIMIT = 2_000  # frames; a tab this far behind is closed rather than buffered without bound
+TRY_AGAIN_LATER = 1013  # WebSocket close code on which htmx's ws extension reconnects
+
+log = logging.getLogger(__name__)
+
+
+class Clients:
+    def __init__(self) -> None:
+        self._queues: dict[WebSocket, asyncio.Queue[str]] = {}
+        self._writers: dict[WebSocket, asyncio.Task] = {}
+
+    def __len__(self) -> int:
+        return len(self._queues)
+
+    def connect(self, ws: WebSocket) -> None:
+        queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_LIMIT)
+        self._queues[ws] = queue
+        self._writers[ws] = asyncio.create_task(self._write(ws, queue))
+
+    def disconnect(self, ws: WebSocket) -> None:
+        self._queues.pop(ws, None)
+        writer = self._writers.pop(ws, None)
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
+
+    def send(self, ws: WebSocket, *components) -> None:
+        self._enqueue(ws, to_xml(components))
+
+    def broadcast(self, *components) -> None:
+        html = to_xml(components)  # rendered once for every tab
+        for ws in list(self._queues):
+            self._enqueue(ws, html)
+
+    def _enqueue(self, ws: WebSocket, html: str) -> None:
+        queue = self._queues.get(ws)
+        if queue is None:
+            return
+        try:
+            queue.put_nowait(html)
+        except asyncio.QueueFull:
+            log.warning("a tab fell %d frames behind; disconnecting it so it resyncs", QUEUE_LIMIT)
+            self.disconnect(ws)
+            asyncio.create_task(ws.close(TRY_AGAIN_LATER))
+
+    async def _write(self, ws: WebSocket, queue: asyncio.Queue[str]) -> None:
+        try:
+            while True:
+                await ws.send_text(await queue.get())
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the socket closed under us: forget it
+            log.info("websocket send failed (%s); dropping the tab", error)
+            self.disconnect(ws)

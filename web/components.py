@@ -1,0 +1,169 @@
+"""Pieces of the page as FT components. The same component renders the page and goes over the WebSocket, wrapped by
+`oob()` so htmx swaps it in place by id (or appends it) in every open tab."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fasthtml.common import (
+    A, Button, Div, Form, H2, Header, Input, Label, Li, Main, NotStr, P, Section, Span, Textarea, Title, Ul,
+)
+
+from services.protocol import CHAT_SENT, Message
+from store import Todo
+from web.markdown import to_html
+
+
+@dataclass
+class WorkerStatus:
+    state: str = "offline"  # ready | thinking | offline | starting
+    reason: str = "waiting for the assistant to start"
+    model: str = ""
+    ollama_url: str = ""
+
+
+@dataclass
+class Reply:
+    reply_id: str
+    text: str
+    done_reason: str | None = None  # None while streaming
+    parts: list[str] = field(default_factory=list)
+
+
+def oob(component, target: str | None = None):
+    """Wrap a component for an out-of-band swap: replace the element with the same id, or append into `target`."""
+    if target is None:
+        component.attrs["hx-swap-oob"] = "true"
+        return component
+    return Div(component, hx_swap_oob=f"beforeend:#{target}")
+
+
+# todos
+
+
+def TodoForm(value: str = "", error: str = ""):
+    # The form replaces itself with the response: a fresh empty form on success, itself plus the error on 422.
+    return Form(
+        Label("New todo", fr="new-todo", cls="visually-hidden"),
+        Input(id="new-todo", name="title", value=value, placeholder="What needs doing?", autocomplete="off",
+              maxlength=500, required=True, autofocus=True),
+        Button("Add", type="submit"),
+        P(error, cls="error", role="alert") if error else None,
+        id="todo-form", hx_post="/todos", hx_swap="outerHTML",
+    )
+
+
+def TodoItem(todo: Todo):
+    return Li(
+        Input(type="checkbox", checked=todo.done, aria_label=f"Done: {todo.title}",
+              hx_post=f"/todos/{todo.id}/toggle", hx_swap="none"),
+        Span(todo.title, cls="title"),
+        Button("Edit", aria_label=f"Edit {todo.title}", hx_get=f"/todos/{todo.id}/edit",
+               hx_target=f"#todo-{todo.id}", hx_swap="outerHTML"),
+        Button("Delete", aria_label=f"Delete {todo.title}", hx_delete=f"/todos/{todo.id}", hx_swap="none"),
+        id=f"todo-{todo.id}", cls="todo done" if todo.done else "todo",
+    )
+
+
+def TodoEditForm(todo: Todo, value: str | None = None, error: str = ""):
+    return Li(
+        Form(
+            Input(name="title", value=todo.title if value is None else value, aria_label="Edit title",
+                  maxlength=500, required=True, autofocus=True),
+            Button("Save", type="submit"),
+            P(error, cls="error", role="alert") if error else None,
+            hx_put=f"/todos/{todo.id}", hx_target=f"#todo-{todo.id}", hx_swap="outerHTML",
+        ),
+        id=f"todo-{todo.id}", cls="todo editing",
+    )
+
+
+def TodoList(todos: list[Todo]):
+    return Ul(*[TodoItem(todo) for todo in todos], id="todo-list", aria_label="Todos")
+
+
+# chat
+
+
+def ChatForm(value: str = "", error: str = ""):
+    return Form(
+        Label("Message", fr="message", cls="visually-hidden"),
+        Textarea(value, id="message", name="text", placeholder="Ask me anything. I may judge you.", rows=2,
+                 maxlength=4000, required=True),
+        Div(
+            Button("Send", type="submit"),
+            Button("Stop", type="button", hx_post="/stop", hx_swap="none"),
+            cls="chat-buttons",
+        ),
+        P(error, cls="error", role="alert") if error else None,
+        id="chat-form", hx_post="/chat", hx_swap="outerHTML",
+    )
+
+
+def UserMessage(entry: Message):
+    return Div(P(entry.data["text"]), id=f"entry-{entry.seq}", cls="msg user")
+
+
+def AssistantReply(reply: Reply):
+    if reply.done_reason is None:
+        # Streaming: plain text; each token frame appends to this body (see token_frame).
+        body = Div("".join(reply.parts), id=f"reply-{reply.reply_id}-body", cls="body streaming")
+    else:
+        body = Div(NotStr(to_html(reply.text)), id=f"reply-{reply.reply_id}-body", cls="body")
+    note = {"stopped": "stopped", "interrupted": "interrupted", "length": "cut short (length limit)"}.get(
+        reply.done_reason or ""
+    )
+    return Div(body, P(note, cls="note") if note else None, id=f"reply-{reply.reply_id}", cls="msg assistant")
+
+
+def ErrorNote(text: str):
+    return Div(P(text), cls="msg error", role="alert")
+
+
+def token_frame(reply_id: str, text: str):
+    """Only the new text, appended to the streaming body: never the whole reply again."""
+    return Span(text, hx_swap_oob=f"beforeend:#reply-{reply_id}-body")
+
+
+def ChatLog(entries: list[Message], replies: list[Reply]):
+    items = [UserMessage(e) if e.type == CHAT_SENT else AssistantReply(_saved(e)) for e in entries]
+    items += [AssistantReply(reply) for reply in replies]
+    return Div(*items, id="chat-log", role="log", aria_label="Chat history", aria_live="polite")
+
+
+def _saved(entry: Message) -> Reply:
+    data = entry.data
+    return Reply(data["reply_id"], data["text"], data.get("done_reason") or "stop")
+
+
+def Status(status: WorkerStatus):
+    label = {"ready": "ready", "thinking": "thinking…", "offline": "offline", "starting": "starting"}.get(
+        status.state, status.state
+    )
+    details = [Span(f"Assistant: {label}", cls=f"state {status.state}")]
+    if status.model:
+        details.append(Span(f"model {status.model}", cls="model"))
+    if status.state == "offline" and status.reason:
+        details.append(Span(status.reason, cls="reason"))
+    return Div(*details, id="llm-status", role="status")
+
+
+def Page(todos: list[Todo], chat: list[Message], replies: list[Reply], status: WorkerStatus):
+    return (
+        Title("Todo, with attitude"),
+        Main(
+            Section(
+                Header(H2("Todos")),
+                TodoForm(),
+                TodoList(todos),
+                cls="panel todos",
+            ),
+            Section(
+                Header(H2("Assistant"), Status(status)),
+                ChatLog(chat, replies),
+                ChatForm(),
+                cls="panel chat",
+            ),
+            cls="app",
+        ),
+        A("Skip to chat", href="#message", cls="visually-hidden"),
+    )
