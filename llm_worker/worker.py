@@ -31,7 +31,7 @@ class Worker:
         self.worker_id = uuid.uuid4().hex[:8]
         self.conversation = Conversation()
         self.state, self.reason, self.model = "starting", "catching up with the journal", settings.ollama_model
-        self.synced = False
+        self.synced = asyncio.Event()  # set once the journal snapshot has been applied
         self._wake = asyncio.Event()
         self._generation: asyncio.Task | None = None
         self._stop_requested = False
@@ -84,10 +84,9 @@ class Worker:
             after = self.conversation.last_seq
             if not entries or after >= head:
                 break
-        if not self.synced:
+        if not self.synced.is_set():
             log.info("caught up at seq %d; answered through %d", after, self.conversation.answered_through)
-            self.synced = True
-            self._set_state("ready")
+            self.synced.set()
 
     async def _request_journal(self, context: zmq.asyncio.Context, after: int | None) -> tuple[list[Message], int]:
         # A fresh DEALER per attempt (the zguide's Lazy Pirate): a request stuck in a dead connection is dropped.
@@ -109,9 +108,12 @@ class Worker:
 
     async def _answer(self) -> None:
         retry_s = RETRY_MIN_S
+        await self.synced.wait()
+        await self._probe()  # shows the model (or what is wrong) in the page before anyone asks anything
         while True:
-            batch = self.conversation.next_batch() if self.synced else []
-            if batch and self.state != "offline":
+            batch = self.conversation.next_batch()
+            # While offline, try once anyway if the person has not been told why in the chat yet.
+            if batch and (self.state != "offline" or self.reason != self._last_error):
                 self._generation = asyncio.create_task(self._generate(batch))
                 try:
                     await self._generation

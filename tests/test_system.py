@@ -49,7 +49,8 @@ def test_an_action_reaches_ollama_and_its_reply_streams_token_by_token_to_every_
         reply_id = start.data["reply_id"]
         system.bus.wait_for("journal.reply.saved", reply_id=reply_id)
         for tab in tabs:
-            tab.wait_for_text(f'id="reply-{reply_id}"')  # the finished reply replaces the streaming one
+            # The finished reply replaces the streaming one in place.
+            tab.frames.wait_for(lambda f: f'id="reply-{reply_id}"' in f and 'hx-swap-oob="true"' in f, 10, "done")
             frames = token_frames(tab, reply_id)
             # One frame per token, each carrying only its own text, in order: never the reply so far.
             texts = [html.unescape(re.sub(r"<[^>]+>", "", frame)) for frame in frames]
@@ -66,7 +67,8 @@ def test_the_context_of_a_second_chat_message_contains_the_first_exchange(system
     post(system, "/todos", title="water the ficus")
     system.bus.wait_for("journal.reply.saved")
     post(system, "/chat", text="What was the todo I just added?")
-    system.bus.wait_for("journal.reply.saved", covers_seq=3)
+    first = system.bus.wait_for("journal.chat.sent")
+    system.bus.wait_for("journal.reply.saved", covers_seq=first.seq)
     post(system, "/chat", text="And what did you answer me?")
     requests = fake_ollama.wait_for_requests(3)
     messages = requests[2]["messages"]
@@ -82,7 +84,8 @@ def test_the_context_of_a_second_chat_message_contains_the_first_exchange(system
 def test_reloading_the_page_shows_the_todos_and_the_chat_history(system, fake_ollama):
     post(system, "/todos", title="call mum")
     post(system, "/chat", text="remind me why")
-    system.bus.wait_for("journal.reply.saved", covers_seq=2)
+    chat = system.bus.wait_for("journal.chat.sent")
+    system.bus.wait_for("journal.reply.saved", covers_seq=chat.seq)
     page = httpx.get(system.url + "/", timeout=5).text
     assert "call mum" in page and "remind me why" in page
     assert "Noted, human." in page  # the finished reply, rendered from Markdown on the server
@@ -150,14 +153,15 @@ def test_a_killed_worker_comes_back_and_answers_everything_once(tmp_path, fake_o
         assert back.ts - killed_at < 2, "the Procfile's restart loop brings the worker back within 2 s"
         fake_ollama.knobs.tokens_per_s = 0
         fake_ollama.knobs.reply = lambda request: ["Answered."]
-        bus.wait_for("journal.reply.saved", timeout_s=20, covers_seq=3)
+        chat = bus.wait_for("journal.chat.sent")
+        bus.wait_for("journal.reply.saved", timeout_s=20, covers_seq=chat.seq)
         saved = bus.of_type("journal.reply.saved")
         # The restarted worker answered the chat message once, with the interrupted action and the one taken while
         # it was down folded into the same reply: both are in its context, none got a reply of its own.
         assert len(fake_ollama.requests) == 2
         last_turn = fake_ollama.requests[1]["messages"][-1]["content"]
         assert "first" in last_turn and "second" in last_turn and last_turn.endswith("are you there?")
-        assert [m.data["covers_seq"] for m in saved] == [3]
+        assert [m.data["covers_seq"] for m in saved] == [chat.seq]
         assert app.processes["bus"].alive() and app.processes["web"].alive()
     finally:
         if bus is not None:
@@ -187,7 +191,8 @@ def test_ollama_down_shows_one_clear_message_then_recovers(tmp_path):
         fake.start()
         post(app, "/todos", title="three")
         saved = bus.wait_for("journal.reply.saved", timeout_s=20)
-        assert saved.data["covers_seq"] == 3  # all three actions, folded into one comment once Ollama was back
+        third = bus.wait_for("journal.todo.added", title="three")
+        assert saved.data["covers_seq"] == third.seq  # all three actions, in one comment once Ollama was back
         shown_errors = [m for m in bus.of_type("llm.error") if not m.data.get("repeated")]
         assert len(shown_errors) == 1
         tab.close()

@@ -1,0 +1,61 @@
+"""The real page in Debian's chromium, driven by Playwright through the accessible names in DESIGN.md."""
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+# As root in a sandbox, with no network beyond loopback: no sandbox, no background connections.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_adding_a_todo_in_the_page_streams_a_comment_into_the_chat_log(system, fake_ollama, browser):
+    fake_ollama.knobs.tokens_per_s = 20
+    fake_ollama.knobs.reply = lambda request: ["Feed", " the", " cat?", " **Finally**", " some", " ambition."]
+    page = browser.new_page()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(system.url)
+    expect(page.get_by_role("status")).to_contain_text("ready", timeout=10_000)
+    expect(page.get_by_role("status")).to_contain_text("fake-model:latest")
+    page.get_by_label("New todo").fill("feed the cat")
+    page.get_by_role("button", name="Add").click()
+    expect(page.get_by_role("list", name="Todos")).to_contain_text("feed the cat")
+    expect(page.get_by_label("New todo")).to_have_value("")
+    log = page.get_by_role("log")
+    # Mid-stream: part of the reply is there, as plain streamed text, before the rest has been generated.
+    expect(log.locator(".body.streaming")).to_contain_text("Feed the", timeout=10_000)
+    # Finished: rendered from Markdown on the server.
+    expect(log.locator("strong")).to_have_text("Finally", timeout=10_000)
+    expect(log).to_contain_text("Feed the cat? Finally some ambition.")
+    # A chat message, sent with the keyboard, gets its own reply.
+    fake_ollama.knobs.reply = lambda request: ["Yes,", " you", " did."]
+    page.get_by_label("Message").fill("Did I add a todo?")
+    page.get_by_role("button", name="Send").click()
+    expect(log).to_contain_text("Did I add a todo?")
+    expect(log).to_contain_text("Yes, you did.", timeout=10_000)
+    # A reload shows the same list and history.
+    page.reload()
+    expect(page.get_by_role("list", name="Todos")).to_contain_text("feed the cat")
+    expect(page.get_by_role("log")).to_contain_text("Yes, you did.")
+    assert all(url.startswith(system.url) for url in requests), [u for u in requests if not u.startswith(system.url)]
+
+
+def test_an_empty_todo_shows_an_error_in_the_page_and_adds_nothing(system, browser):
+    page = browser.new_page()
+    page.goto(system.url)
+    page.get_by_label("New todo").fill("   ")
+    page.get_by_role("button", name="Add").click()
+    expect(page.get_by_role("alert")).to_contain_text("cannot be empty")
+    expect(page.get_by_role("list", name="Todos").get_by_role("listitem")).to_have_count(0)
