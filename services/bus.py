@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 import zmq
 
 from services import config, logs
 from services.busclient import HWM_MESSAGES
 
+CONTROL_ADDR = "inproc://bus-control"
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
-def _stop(signum, frame):
-    raise SystemExit(0)  # surfaces out of zmq.proxy, which retries EINTR only after running signal handlers
+
+def _forward(frontend: zmq.Socket, backend: zmq.Socket, control: zmq.Socket) -> None:
+    zmq.proxy_steerable(frontend, backend, None, control)  # returns when TERMINATE arrives on `control`
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = config.load()
     log = logs.setup("bus", settings.log_level)
-    signal.signal(signal.SIGTERM, _stop)
+    # Signals are taken synchronously with sigwait below. A handler that raises out of zmq.proxy only works when the
+    # signal lands inside its poll call; one arriving mid-forward would be lost and the bus would ignore SIGTERM.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     context = zmq.Context()
     frontend = context.socket(zmq.XSUB)  # publishers connect here
     backend = context.socket(zmq.XPUB)  # subscribers connect here
@@ -32,18 +38,20 @@ def main(argv: list[str] | None = None) -> int:
     except zmq.ZMQError as error:
         log.error("cannot bind %s / %s: %s (is another bus running? set BUS_PUB_ADDR / BUS_SUB_ADDR)",
                   settings.bus_pub_addr, settings.bus_sub_addr, error)
+        context.destroy(linger=0)
         return 2
+    stopper = context.socket(zmq.PAIR)
+    stopper.bind(CONTROL_ADDR)
+    control = context.socket(zmq.PAIR)
+    control.connect(CONTROL_ADDR)
+    forwarder = threading.Thread(target=_forward, args=(frontend, backend, control), name="proxy")
+    forwarder.start()
     log.info("bus up: publishers → %s, subscribers → %s", settings.bus_pub_addr, settings.bus_sub_addr)
-    try:
-        zmq.proxy(frontend, backend)
-    except (SystemExit, KeyboardInterrupt):
-        log.info("bus stopping")
-    except zmq.ContextTerminated:
-        pass
-    finally:
-        frontend.close(linger=0)
-        backend.close(linger=0)
-        context.term()
+    signal.sigwait(STOP_SIGNALS)
+    log.info("bus stopping")
+    stopper.send(b"TERMINATE")
+    forwarder.join(timeout=2)
+    context.destroy(linger=0)
     return 0
 
 

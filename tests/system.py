@@ -80,8 +80,6 @@ class Process:
         try:
             return self.popen.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            if os.environ.get("DUMP_HUNG"):
-                subprocess.run(["py-spy", "dump", "--pid", str(self.popen.pid)])
             os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(STOP_TIMEOUT_S)
             return None

@@ -1,0 +1,94 @@
+"""The worker's Ollama client against the fake: model choice, streaming, thinking, every error path, deadlines."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from services import config
+from llm_worker.ollama import OllamaClient, OllamaError
+from tests.fake_ollama import FakeModel, FakeOllama
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def client_for(fake: FakeOllama, **overrides) -> OllamaClient:
+    settings = dataclasses.replace(config.load({"OLLAMA_HOST": fake.url}), **overrides)
+    return OllamaClient(settings)
+
+
+async def collect(client: OllamaClient, model: str = "fake-model:latest"):
+    try:
+        return [chunk async for chunk in client.chat(model, HELLO)]
+    finally:
+        await client.close()
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_the_biggest_chat_model_is_chosen_and_never_an_embedding_model():
+    models = [FakeModel("mxbai-embed-large:latest", "335M", ("embedding",)),
+              FakeModel("big-embed:latest", "70B", ("embedding", "completion")),
+              FakeModel("qwen3:8b", "8.2B", ("completion", "thinking")),
+              FakeModel("llama3.2:latest", "3.2B")]
+    with FakeOllama(models) as fake:
+        assert run(client_for(fake).choose_model()) == "qwen3:8b"
+        assert run(client_for(fake, ollama_model="llama3.2").choose_model()) == "llama3.2"
+        with pytest.raises(OllamaError, match="ollama pull mistral"):
+            run(client_for(fake, ollama_model="mistral").choose_model())
+    with FakeOllama([FakeModel("only-embed", "137M", ("embedding",))]) as fake:
+        with pytest.raises(OllamaError, match="No chat model"):
+            run(client_for(fake).choose_model())
+
+
+def test_a_stream_yields_content_and_the_final_counts_and_thinking_stays_apart():
+    with FakeOllama() as fake:
+        fake.knobs.thinking = ["Hmm", ", let me think"]
+        fake.knobs.reply = lambda request: ["Hi", " there"]
+        chunks = run(collect(client_for(fake)))
+        assert "".join(c.content for c in chunks) == "Hi there"
+        assert "".join(c.thinking for c in chunks) == "Hmm, let me think"
+        assert chunks[-1].done and chunks[-1].done_reason == "stop" and chunks[-1].stats["eval_count"] == 2
+        sent = fake.requests[0]
+        assert sent["stream"] is True and sent["options"]["num_ctx"] == 4096
+
+
+@pytest.mark.parametrize("knobs, message", [
+    ({"status": 500, "error_message": "llama runner process has terminated"}, "500: llama runner"),
+    ({"status": 503, "error_message": "server busy, please try again.  maximum pending requests exceeded"},
+     "busy"),
+    ({"error_after_tokens": 2}, "error mid-reply: an error was encountered"),
+])
+def test_errors_by_status_or_mid_stream_end_the_reply_with_a_clear_message(knobs, message):
+    with FakeOllama() as fake:
+        for key, value in knobs.items():
+            setattr(fake.knobs, key, value)
+        with pytest.raises(OllamaError, match=message):
+            run(collect(client_for(fake)))
+
+
+def test_a_missing_model_names_the_pull_command():
+    with FakeOllama() as fake:
+        with pytest.raises(OllamaError, match="ollama pull llama3.2"):
+            run(collect(client_for(fake), model="llama3.2"))
+
+
+def test_an_unreachable_ollama_says_how_to_start_it():
+    fake = FakeOllama()  # never started
+    with pytest.raises(OllamaError, match="not reachable.*ollama serve"):
+        run(collect(client_for(fake)))
+
+
+def test_a_slow_first_token_is_waited_for_but_a_stalled_stream_is_not():
+    with FakeOllama() as fake:
+        fake.knobs.first_token_delay_s = 1.0  # a model loading: longer than the chunk deadline below
+        chunks = run(collect(client_for(fake, first_token_timeout_s=5, chunk_timeout_s=0.5)))
+        assert chunks[-1].done
+        fake.knobs.first_token_delay_s = 0
+        fake.knobs.hang_after_tokens = 2
+        with pytest.raises(OllamaError, match="sent nothing for 0.5 s"):
+            run(collect(client_for(fake, first_token_timeout_s=5, chunk_timeout_s=0.5)))
+        fake.wait_for(lambda: fake.disconnects >= 1, 5, "the stalled stream to be closed")
