@@ -8,8 +8,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import httpx
 import zmq
@@ -227,3 +228,25 @@ class Tab:
     def close(self) -> None:
         self._ws.close()
         self._thread.join(timeout=2)
+
+
+@contextmanager
+def running(tmp_path: Path, ollama_url: str, respawn: bool = False, worker: bool = True,
+            **overrides: str) -> Iterator[System]:
+    """Bus, web and (unless worker=False) the worker, with `app.bus` watching the bus from before the worker starts.
+    Everything is stopped however the block ends; a process that ignores SIGTERM fails the test."""
+    app = System(tmp_path, ollama_url, **overrides)
+    app.bus = None
+    try:
+        app.start_bus()
+        app.bus = BusWatcher(app.env["BUS_SUB_ADDR"])
+        app.start_web()
+        if worker:
+            app.start_worker(respawn)
+        yield app
+    finally:
+        if app.bus is not None:
+            app.bus.close()
+        codes = app.stop()
+        print(app.logs())
+    assert all(code is not None for code in codes.values()), f"a process ignored SIGTERM: {codes}"

@@ -17,7 +17,7 @@ import zmq
 
 from services import protocol
 from tests.fake_ollama import FakeOllama
-from tests.system import ROOT, BusWatcher, System, Tab
+from tests.system import ROOT, System, Tab, running
 
 HTMX = {"HX-Request": "true"}
 
@@ -109,10 +109,7 @@ def test_invalid_input_gets_a_clear_4xx_and_nothing_is_stored_or_published(syste
 
 
 def test_todos_work_with_no_worker_and_no_ollama(tmp_path):
-    app = System(tmp_path, "http://127.0.0.1:9")  # nothing listens on port 9
-    try:
-        app.start_bus()
-        app.start_web()
+    with running(tmp_path, "http://127.0.0.1:9", worker=False) as app:  # nothing listens on port 9
         tab = Tab(app.ws_url)
         assert post(app, "/todos", title="first").status_code == 200
         tab.wait_for_text("first")
@@ -125,20 +122,13 @@ def test_todos_work_with_no_worker_and_no_ollama(tmp_path):
         assert journal_types(app) == ["journal.todo.added", "journal.todo.toggled", "journal.todo.edited",
                                       "journal.todo.deleted"]
         assert "renamed" not in httpx.get(app.url + "/").text
-    finally:
-        app.stop()
 
 
 def test_a_killed_worker_comes_back_and_answers_everything_once(tmp_path, fake_ollama):
     fake_ollama.knobs.tokens_per_s = 20
     fake_ollama.knobs.reply = lambda request: [f" word{i}" for i in range(100)]  # five seconds: killed mid-stream
-    app = System(tmp_path, fake_ollama.url)
-    bus = None
-    try:
-        app.start_bus()
-        bus = BusWatcher(app.env["BUS_SUB_ADDR"])
-        app.start_web()
-        app.start_worker(respawn=True)  # as the Procfile runs it
+    with running(tmp_path, fake_ollama.url, respawn=True) as app:  # the worker runs as the Procfile runs it
+        bus = app.bus
         bus.wait_for("llm.status", timeout_s=15, state="ready")
         post(app, "/todos", title="first")
         bus.wait_for("llm.token", timeout_s=10)
@@ -163,63 +153,41 @@ def test_a_killed_worker_comes_back_and_answers_everything_once(tmp_path, fake_o
         assert "first" in last_turn and "second" in last_turn and last_turn.endswith("are you there?")
         assert [m.data["covers_seq"] for m in saved] == [chat.seq]
         assert app.processes["bus"].alive() and app.processes["web"].alive()
-    finally:
-        if bus is not None:
-            bus.close()
-        codes = app.stop()
-        print(app.logs())
-    assert all(code is not None for code in codes.values()), codes
 
 
 def test_ollama_down_shows_one_clear_message_then_recovers(tmp_path):
     fake = FakeOllama()  # not started yet: its port refuses connections
-    app = System(tmp_path, fake.url)
-    bus = None
     try:
-        app.start_bus()
-        bus = BusWatcher(app.env["BUS_SUB_ADDR"])
-        app.start_web()
-        app.start_worker()
-        bus.wait_for("llm.status", timeout_s=15)
-        tab = Tab(app.ws_url)
-        post(app, "/todos", title="one")
-        error = bus.wait_for("llm.error", timeout_s=10)
-        assert "not reachable" in error.data["message"] and "ollama serve" in error.data["message"]
-        tab.wait_for_text("ollama serve")
-        post(app, "/todos", title="two")
-        bus.wait_for("llm.status", state="offline")
-        fake.start()
-        post(app, "/todos", title="three")
-        saved = bus.wait_for("journal.reply.saved", timeout_s=20)
-        third = bus.wait_for("journal.todo.added", title="three")
-        assert saved.data["covers_seq"] == third.seq  # all three actions, in one comment once Ollama was back
-        shown_errors = [m for m in bus.of_type("llm.error") if not m.data.get("repeated")]
-        assert len(shown_errors) == 1
-        tab.close()
+        with running(tmp_path, fake.url) as app:
+            bus = app.bus
+            bus.wait_for("llm.status", timeout_s=15)
+            tab = Tab(app.ws_url)
+            post(app, "/todos", title="one")
+            error = bus.wait_for("llm.error", timeout_s=10)
+            assert "not reachable" in error.data["message"] and "ollama serve" in error.data["message"]
+            tab.wait_for_text("ollama serve")
+            post(app, "/todos", title="two")
+            bus.wait_for("llm.status", state="offline")
+            fake.start()
+            post(app, "/todos", title="three")
+            saved = bus.wait_for("journal.reply.saved", timeout_s=20)
+            third = bus.wait_for("journal.todo.added", title="three")
+            assert saved.data["covers_seq"] == third.seq  # all three actions, in one comment once Ollama was back
+            shown_errors = [m for m in bus.of_type("llm.error") if not m.data.get("repeated")]
+            assert len(shown_errors) == 1
+            tab.close()
     finally:
-        if bus is not None:
-            bus.close()
-        app.stop()
         fake.stop()
 
 
 def test_a_missing_model_is_reported_with_the_fix(tmp_path, fake_ollama):
-    app = System(tmp_path, fake_ollama.url, OLLAMA_MODEL="llama3.2")
-    bus = None
-    try:
-        app.start_bus()
-        bus = BusWatcher(app.env["BUS_SUB_ADDR"])
-        app.start_web()
-        app.start_worker()
+    with running(tmp_path, fake_ollama.url, OLLAMA_MODEL="llama3.2") as app:
+        bus = app.bus
         post(app, "/chat", text="hello?")
         error = bus.wait_for("llm.error", timeout_s=10)
         assert "ollama pull llama3.2" in error.data["message"] and "OLLAMA_MODEL" in error.data["message"]
         status = bus.wait_for("llm.status", state="offline")
         assert "ollama pull llama3.2" in status.data["reason"]
-    finally:
-        if bus is not None:
-            bus.close()
-        app.stop()
 
 
 def test_malformed_bus_frames_are_dropped_and_nothing_crashes(system, fake_ollama):
