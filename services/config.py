@@ -20,6 +20,7 @@ class Settings:
     chunk_timeout_s: float
     web_host: str
     web_port: int
+    allowed_hosts: list[str]  # host names the web answers to (DNS-rebinding guard); the port is added
     data_dir: Path
     bus_pub_addr: str  # publishers connect here (the bus binds XSUB)
     bus_sub_addr: str  # subscribers connect here (the bus binds XPUB)
@@ -61,6 +62,8 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         chunk_timeout_s=float(env.get("OLLAMA_CHUNK_TIMEOUT_S", "60")),
         web_host=env.get("WEB_HOST", "127.0.0.1"),
         web_port=int(env.get("WEB_PORT", "5001")),
+        allowed_hosts=[h.strip().lower() for h in env.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+                       if h.strip()],
         data_dir=Path(env.get("DATA_DIR", "./data")),
         bus_pub_addr=env.get("BUS_PUB_ADDR", "tcp://127.0.0.1:5555"),
         bus_sub_addr=env.get("BUS_SUB_ADDR", "tcp://127.0.0.1:5556"),

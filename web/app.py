@@ -22,6 +22,7 @@ from web.clients import Clients
 from web.components import (
     ChatForm, Page, Status, TodoEditForm, TodoForm, TodoItem, TodoList, UserMessage, oob,
 )
+from web.guard import Guard, allowed_hosts
 from web.journal import Journal
 from web.relay import Relay
 
@@ -99,6 +100,7 @@ def create_app(settings: Settings) -> FastHTML:
         hx_ext="ws", ws_connect="/ws",  # every tab listens on one WebSocket; frames are out-of-band swaps
     )
     app.state.relay, app.state.clients, app.state.store = relay, clients, store
+    app.add_middleware(Guard, hosts=allowed_hosts(settings.allowed_hosts, settings.web_port))
 
     # Every route is `async def` on purpose: FastHTML runs plain `def` routes in a thread pool, and the store's
     # connection and the PUB socket belong to the event loop's thread.
