@@ -12,7 +12,7 @@ import zmq
 import zmq.asyncio
 
 from services import protocol
-from services.busclient import LINGER_MS, Publisher, Subscriber
+from services.busclient import Publisher, Subscriber
 from services.config import Settings
 from services.protocol import Message, ProtocolError
 from llm_worker.conversation import Applied, Conversation

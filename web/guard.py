@@ -10,8 +10,8 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 def allowed_hosts(names: list[str], port: int) -> set[str]:
-    """Each name as a Host header may carry it: with the port, and bare (port 80 is implied)."""
-    return {f"{name}:{port}" for name in names} | set(names)
+    """Each name with our port, as a browser sends Host; bare names only when the port is 80, which Host omits."""
+    return {f"{name}:{port}" for name in names} | (set(names) if port == 80 else set())
 
 
 class Guard:
