@@ -2,6 +2,7 @@
 seq applied, what is already answered, and the prompt that fits the model's context window."""
 from __future__ import annotations
 
+import time
 from collections import deque
 from enum import Enum
 
@@ -61,12 +62,16 @@ class Conversation:
             self.entries.append(entry)
         return Applied.APPLIED
 
-    def add_own_reply(self, reply_id: str, text: str, covers_seq: int, done_reason: str) -> None:
-        """The reply just finished, before its journal entry comes back from the web: counts as answered now, so
-        nothing is answered twice, and is in the context of the next generation."""
-        data = {"reply_id": reply_id, "text": text, "covers_seq": covers_seq, "done_reason": done_reason}
-        self._insert_reply(Message(type=protocol.REPLY_SAVED, data=data, src="llm_worker", seq=None))
-        self.answered_through = max(self.answered_through, covers_seq)
+    def add_own_reply(self, done: dict) -> None:
+        """The reply just finished (`done` is its llm.done data), before its journal entry comes back from the web:
+        it counts as answered now, so nothing is answered twice, and is in the context of the next generation."""
+        self._insert_reply(Message(type=protocol.REPLY_SAVED, data=done, src="llm_worker", seq=None))
+        self.answered_through = max(self.answered_through, done["covers_seq"])
+
+    def unsaved_replies(self, older_than_s: float) -> list[Message]:
+        """Own replies whose journal entry has not come back after `older_than_s` seconds."""
+        cutoff = time.time() - older_than_s
+        return [e for e in self.entries if e.seq is None and e.ts < cutoff]
 
     def _replace_provisional(self, saved: Message) -> None:
         for index, entry in enumerate(self.entries):

@@ -9,7 +9,7 @@ import threading
 import zmq
 
 from services import config, logs
-from services.busclient import HWM_MESSAGES
+from services.busclient import HWM_MESSAGES, MAX_MESSAGE_BYTES
 
 CONTROL_ADDR = "inproc://bus-control"
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     context = zmq.Context()
     frontend = context.socket(zmq.XSUB)  # publishers connect here
     backend = context.socket(zmq.XPUB)  # subscribers connect here
+    frontend.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     for sock in (frontend, backend):
         sock.setsockopt(zmq.RCVHWM, HWM_MESSAGES)
         sock.setsockopt(zmq.SNDHWM, HWM_MESSAGES)

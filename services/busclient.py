@@ -14,6 +14,9 @@ from services.protocol import Message, ProtocolError
 # PUB drops messages past its high-water mark instead of blocking. 100,000 messages is about ten seconds of tokens at
 # 10,000 tokens/s; anything that must not be lost (the journal) is recovered through catch-up, never PUB/SUB alone.
 HWM_MESSAGES = 100_000
+# No bus message comes near this (a finished reply is a few KB); a peer sending a bigger frame is disconnected by
+# ZeroMQ instead of making every subscriber buffer it.
+MAX_MESSAGE_BYTES = 1024 * 1024
 LINGER_MS = 200  # on close, give queued frames this long to leave, then drop them: shutdown must not hang
 DROP_LOG_EVERY = 100
 
@@ -61,6 +64,7 @@ class Subscriber:
     def __init__(self, address: str, topics: list[str], context: zmq.asyncio.Context) -> None:
         self.socket = context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.RCVHWM, HWM_MESSAGES)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.LINGER, 0)
         for topic in topics:
             self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from services.protocol import Message
+from services.protocol import REPLY_SAVED, Message
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS todos (
     id INTEGER PRIMARY KEY,
     title TEXT NOT NULL,
@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS journal (
     src TEXT NOT NULL,
     data TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS journal_reply_id ON journal (json_extract(data, '$.reply_id'))
+    WHERE type = '{REPLY_SAVED}';
 """
 
 
@@ -90,6 +92,14 @@ class Store:
             "INSERT INTO journal (ts, type, src, data) VALUES (?, ?, ?, ?)", (ts, kind, src, json.dumps(data))
         )
         return Message(type=kind, data=data, src=src, seq=cursor.lastrowid, ts=ts)
+
+    def has_reply(self, reply_id: str) -> bool:
+        row = self.db.execute(
+            # The type is a literal, not a parameter, so SQLite can use the partial index on reply_id.
+            f"SELECT 1 FROM journal WHERE type = '{REPLY_SAVED}' AND json_extract(data, '$.reply_id') = ?",
+            (reply_id,),
+        ).fetchone()
+        return row is not None
 
     def last_seq(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]

@@ -24,7 +24,7 @@ def test_a_burst_of_actions_is_one_batch_and_a_chat_message_ends_a_batch():
     for entry in [added(1, "a"), added(2, "b"), chat(3, "hi"), added(4, "c")]:
         assert conversation.apply(entry) is Applied.APPLIED
     assert [e.seq for e in conversation.next_batch()] == [1, 2, 3]
-    conversation.add_own_reply("r1", "hello", covers_seq=3, done_reason="stop")
+    conversation.add_own_reply({"reply_id": "r1", "text": "hello", "covers_seq": 3, "done_reason": "stop"})
     assert [e.seq for e in conversation.next_batch()] == [4]
 
 
@@ -47,8 +47,10 @@ def test_a_saved_reply_replaces_the_provisional_one_and_sits_after_what_it_answe
     conversation.load_window([], 0)
     conversation.apply(chat(1, "question"))
     conversation.apply(added(2, "later"))
-    conversation.add_own_reply("r1", "answer", covers_seq=1, done_reason="stop")
+    conversation.add_own_reply({"reply_id": "r1", "text": "answer", "covers_seq": 1, "done_reason": "stop"})
+    assert [r.data["reply_id"] for r in conversation.unsaved_replies(older_than_s=0)] == ["r1"]
     conversation.apply(saved(3, 1, "answer", reply_id="r1"))
+    assert conversation.unsaved_replies(older_than_s=0) == []
     roles = [m["role"] for m in conversation.prompt(through_seq=3, budget_tokens=4096)]
     assert roles == ["system", "user", "assistant", "user"]
 

@@ -20,7 +20,7 @@ from services.config import Settings
 from store import Store
 from web.clients import Clients
 from web.components import (
-    ChatForm, Page, Status, TodoEditForm, TodoForm, TodoItem, TodoList, UserMessage, oob,
+    ChatForm, ChatLog, Page, Status, TodoEditForm, TodoForm, TodoItem, TodoList, UserMessage, oob,
 )
 from web.guard import Guard, allowed_hosts
 from web.journal import Journal
@@ -108,10 +108,13 @@ def create_app(settings: Settings) -> FastHTML:
     def todos_changed():
         clients.broadcast(oob(TodoList(store.todos())))
 
+    def chat_log():
+        chat = store.recent_entries(CHAT_HISTORY_SHOWN, (protocol.CHAT_SENT, protocol.REPLY_SAVED))
+        return ChatLog(chat, list(relay.streaming.values()))
+
     @app.get("/")
     async def index():
-        chat = store.recent_entries(CHAT_HISTORY_SHOWN, (protocol.CHAT_SENT, protocol.REPLY_SAVED))
-        return Page(store.todos(), chat, list(relay.streaming.values()), relay.status)
+        return Page(TodoList(store.todos()), chat_log(), relay.status)
 
     @app.post("/todos")
     async def add_todo(title: str = ""):
@@ -183,8 +186,10 @@ def create_app(settings: Settings) -> FastHTML:
         journal.publisher.publish(protocol.STOP, {})
 
     async def on_connect(ws):
+        # A tab that (re)connects gets the whole current state, swapped in by id: after a restart of the web, or a
+        # disconnect for falling behind, it shows what it missed without a reload and without duplicates.
         clients.connect(ws)
-        clients.send(ws, oob(Status(relay.status)))
+        clients.send(ws, oob(TodoList(store.todos())), oob(chat_log()), oob(Status(relay.status)))
 
     async def on_disconnect(ws):
         clients.disconnect(ws)

@@ -15,7 +15,7 @@ from web.markdown import to_html
 
 @dataclass
 class WorkerStatus:
-    state: str = "offline"  # ready | thinking | offline | starting
+    state: str = "offline"  # ready | thinking | offline | starting | restarting
     reason: str = "waiting for the assistant to start"
     model: str = ""
     ollama_url: str = ""
@@ -136,9 +136,7 @@ def _saved(entry: Message) -> Reply:
 
 
 def Status(status: WorkerStatus):
-    label = {"ready": "ready", "thinking": "thinking…", "offline": "offline", "starting": "starting"}.get(
-        status.state, status.state
-    )
+    label = {"thinking": "thinking…"}.get(status.state, status.state)
     details = [Span(f"Assistant: {label}", cls=f"state {status.state}")]
     if status.model:
         details.append(Span(f"model {status.model}", cls="model"))
@@ -147,19 +145,19 @@ def Status(status: WorkerStatus):
     return Div(*details, id="llm-status", role="status")
 
 
-def Page(todos: list[Todo], chat: list[Message], replies: list[Reply], status: WorkerStatus):
+def Page(todo_list, chat_log, status: WorkerStatus):
     return (
         Title("Todo, with attitude"),
         Main(
             Section(
                 Header(H2("Todos")),
                 TodoForm(),
-                TodoList(todos),
+                todo_list,
                 cls="panel todos",
             ),
             Section(
                 Header(H2("Assistant"), Status(status)),
-                ChatLog(chat, replies),
+                chat_log,
                 ChatForm(),
                 cls="panel chat",
             ),

@@ -52,26 +52,35 @@ class Relay:
             log.warning("dropped malformed %s message: %s", message.type, error)
 
     def _start(self, data: dict) -> None:
-        reply = Reply(reply_id=str(data["reply_id"]), text="")
-        self.streaming[reply.reply_id] = reply
-        self.clients.broadcast(oob(AssistantReply(reply), target="chat-log"))
+        self._streaming_reply(str(data["reply_id"]))
+
+    def _streaming_reply(self, reply_id: str) -> Reply:
+        """The reply being streamed, shown in every tab; created on its first token if its start was lost (the bus
+        or this process restarted mid-reply)."""
+        reply = self.streaming.get(reply_id)
+        if reply is None:
+            reply = self.streaming[reply_id] = Reply(reply_id=reply_id, text="")
+            self.clients.broadcast(oob(AssistantReply(reply), target="chat-log"))
+        return reply
 
     def _token(self, data: dict) -> None:
-        reply = self.streaming.get(str(data["reply_id"]))
-        if reply is None:  # its start was lost or it already ended: nothing to append to
-            return
+        reply = self._streaming_reply(str(data["reply_id"]))
         text = str(data["text"])
         reply.parts.append(text)
         self.clients.broadcast(token_frame(reply.reply_id, text))
 
     def _done(self, data: dict) -> None:
         reply_id = str(data["reply_id"])
-        self.streaming.pop(reply_id, None)
+        if self.journal.store.has_reply(reply_id):
+            return  # the worker re-sends `done` until it sees the saved entry: saving it again would duplicate it
+        was_streaming = self.streaming.pop(reply_id, None) is not None
         reply = Reply(reply_id, str(data["text"]), str(data.get("done_reason") or "stop"))
         with self.journal.entry(protocol.REPLY_SAVED) as saved:
             saved.update(reply_id=reply.reply_id, text=reply.text, done_reason=reply.done_reason,
                          covers_seq=int(data["covers_seq"]), model=str(data.get("model", "")))
-        self.clients.broadcast(oob(AssistantReply(reply)))
+        # Replace the streaming bubble in place; a reply no tab saw streaming is appended instead.
+        self.clients.broadcast(oob(AssistantReply(reply)) if was_streaming
+                               else oob(AssistantReply(reply), target="chat-log"))
 
     def _error(self, data: dict) -> None:
         reply = self.streaming.pop(str(data.get("reply_id")), None)
