@@ -1,6 +1,10 @@
 """The real page in Debian's chromium, driven by Playwright through the accessible names in DESIGN.md."""
 from __future__ import annotations
 
+import os
+import signal
+
+import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
@@ -59,3 +63,49 @@ def test_an_empty_todo_shows_an_error_in_the_page_and_adds_nothing(system, brows
     page.get_by_role("button", name="Add").click()
     expect(page.get_by_role("alert")).to_contain_text("cannot be empty")
     expect(page.get_by_role("list", name="Todos").get_by_role("listitem")).to_have_count(0)
+
+
+def test_stop_in_the_page_ends_the_reply_and_marks_it(system, fake_ollama, browser):
+    fake_ollama.knobs.tokens_per_s = 20
+    fake_ollama.knobs.reply = lambda request: [f" blah{i}" for i in range(400)]
+    page = browser.new_page()
+    page.goto(system.url)
+    page.get_by_label("New todo").fill("ramble")
+    page.get_by_role("button", name="Add").click()
+    expect(page.get_by_role("log").locator(".body.streaming")).to_contain_text("blah3", timeout=10_000)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.get_by_role("log").locator(".note")).to_have_text("stopped", timeout=10_000)
+    expect(page.get_by_role("log").locator(".body.streaming")).to_have_count(0)
+
+
+def test_the_status_follows_the_worker_in_the_page(system, browser):
+    page = browser.new_page()
+    page.goto(system.url)
+    status = page.get_by_role("status")
+    expect(status).to_contain_text("ready", timeout=10_000)
+    worker = system.worker_pid()
+    os.kill(worker, signal.SIGSTOP)  # silent: about three missed heartbeats later the page says so
+    try:
+        expect(status).to_contain_text("offline", timeout=10_000)
+        expect(status).to_contain_text("not running")
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    expect(status).to_contain_text("ready", timeout=10_000)
+
+
+def test_a_restarted_web_is_reconnected_to_and_the_page_catches_up(system, fake_ollama, browser):
+    page = browser.new_page()
+    page.goto(system.url)
+    page.get_by_label("New todo").fill("before the crash")
+    page.get_by_role("button", name="Add").click()
+    log = page.get_by_role("log")
+    expect(log.locator(".msg.assistant")).to_have_count(1, timeout=10_000)
+    # Reconnect late, so the action below is certain to happen while this tab is disconnected.
+    page.evaluate("htmx.config.wsReconnectDelay = () => 4000")
+    os.kill(system.processes["web"].pid, signal.SIGKILL)
+    system.start_web()
+    # Someone else acts while this tab is disconnected; once back, the tab must show it without a reload.
+    httpx.post(system.url + "/todos", data={"title": "made elsewhere"}, timeout=5)
+    expect(page.get_by_role("list", name="Todos")).to_contain_text("made elsewhere", timeout=20_000)
+    expect(log.locator(".msg.assistant")).to_have_count(2, timeout=10_000)  # its comment, and no duplicates
+    expect(page.get_by_role("list", name="Todos").get_by_role("listitem")).to_have_count(2)

@@ -18,6 +18,7 @@ class Clients:
     def __init__(self) -> None:
         self._queues: dict[WebSocket, asyncio.Queue[str]] = {}
         self._writers: dict[WebSocket, asyncio.Task] = {}
+        self._closing: set[asyncio.Task] = set()
 
     def __len__(self) -> int:
         return len(self._queues)
@@ -50,7 +51,9 @@ class Clients:
         except asyncio.QueueFull:
             log.warning("a tab fell %d frames behind; disconnecting it so it resyncs", QUEUE_LIMIT)
             self.disconnect(ws)
-            asyncio.create_task(ws.close(TRY_AGAIN_LATER))
+            closing = asyncio.create_task(_close(ws))
+            self._closing.add(closing)  # keep a reference until it is done, as asyncio requires
+            closing.add_done_callback(self._closing.discard)
 
     async def _write(self, ws: WebSocket, queue: asyncio.Queue[str]) -> None:
         try:
@@ -61,3 +64,10 @@ class Clients:
         except Exception as error:  # the socket closed under us: forget it
             log.info("websocket send failed (%s); dropping the tab", error)
             self.disconnect(ws)
+
+
+async def _close(ws: WebSocket) -> None:
+    try:
+        await ws.close(TRY_AGAIN_LATER)
+    except Exception as error:  # already closed from the other side, or the transport is gone
+        log.info("closing a lagging tab failed (%s); it is dropped anyway", error)

@@ -1,0 +1,215 @@
+"""Faults a person or the machine can cause, each injected into real processes: stop, bursts, kill -9 of any
+process, Ollama misbehaving, a browser that stops reading, garbage on the bus. Nothing is lost or duplicated."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+
+import httpx
+import msgpack
+import pytest
+import zmq
+
+from services import protocol
+from tests.system import System, Tab, running
+from tests.test_system import post
+
+
+def saved_replies(app: System) -> list[dict]:
+    with sqlite3.connect(app.data_dir / "app.sqlite3") as db:
+        rows = db.execute("SELECT data FROM journal WHERE type = ? ORDER BY seq", (protocol.REPLY_SAVED,))
+        return [json.loads(row[0]) for row in rows]
+
+
+def test_stop_from_any_tab_ends_the_reply_and_keeps_it_marked_stopped(system, fake_ollama):
+    fake_ollama.knobs.tokens_per_s = 40
+    fake_ollama.knobs.reply = lambda request: [f" w{i}" for i in range(400)]
+    watching, stopping = Tab(system.ws_url), Tab(system.ws_url)
+    try:
+        post(system, "/todos", title="long winded")
+        system.bus.wait_for("llm.token")
+        assert httpx.post(system.url + "/stop", timeout=5).status_code == 200  # any tab's Stop button
+        done = system.bus.wait_for("llm.done", done_reason="stopped")
+        fake_ollama.wait_for(lambda: fake_ollama.disconnects == 1, 5, "the stream to Ollama to be closed")
+        assert 0 < len(done.data["text"]) < len("".join(f" w{i}" for i in range(400)))
+        system.bus.wait_for("journal.reply.saved", done_reason="stopped")
+        for tab in (watching, stopping):
+            tab.frames.wait_for(lambda f: "stopped" in f and done.data["reply_id"] in f, 5, "the stopped reply")
+    finally:
+        watching.close()
+        stopping.close()
+    page = httpx.get(system.url + "/", timeout=5).text
+    assert done.data["text"].strip() in page and ">stopped<" in page
+
+
+def test_a_burst_of_ten_actions_makes_at_most_two_generations(system, fake_ollama):
+    fake_ollama.knobs.tokens_per_s = 20
+    fake_ollama.knobs.reply = lambda request: [" hm"] * 40  # two seconds: the burst arrives while it streams
+    titles = [f"chore {i}" for i in range(10)]
+    with httpx.Client(base_url=system.url, timeout=5) as client:
+        for title in titles:
+            assert client.post("/todos", data={"title": title}).status_code == 200
+    last = system.bus.wait_for("journal.todo.added", title=titles[-1])
+    system.bus.messages.wait_for(lambda m: m.type == "journal.reply.saved" and m.data["covers_seq"] >= last.seq,
+                                 15, "a comment covering the whole burst")
+    assert len(fake_ollama.requests) <= 2
+    final_context = str(fake_ollama.requests[-1]["messages"])
+    assert all(f"“{title}”" in final_context for title in titles)
+
+
+def test_the_status_shows_a_silent_worker_offline_and_ready_again(system):
+    tab = Tab(system.ws_url)
+    worker = system.worker_pid()
+    try:
+        os.kill(worker, signal.SIGSTOP)  # alive but silent: no heartbeats
+        tab.frames.wait_for(lambda f: 'id="llm-status"' in f and "offline" in f and "not running" in f, 5,
+                            "the status to go offline")
+        os.kill(worker, signal.SIGCONT)
+        start = len(tab.frames.items)
+        tab.frames.wait_for(lambda f: 'id="llm-status"' in f and "ready" in f, 5, "ready again", start)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+        tab.close()
+
+
+def test_a_killed_bus_comes_back_and_nothing_published_meanwhile_is_lost(tmp_path, fake_ollama):
+    fake_ollama.knobs.tokens_per_s = 20
+    fake_ollama.knobs.reply = lambda request: [" tick"] * 30
+    with running(tmp_path, fake_ollama.url) as app:
+        app.bus.wait_for("llm.status", timeout_s=15, state="ready")
+        post(app, "/todos", title="before")
+        streaming = app.bus.wait_for("llm.start")
+        app.bus.wait_for("llm.token")
+        os.kill(app.processes["bus"].pid, signal.SIGKILL)
+        post(app, "/todos", title="while the bus was down")  # journaled; its publication reaches no one
+        # The streaming reply also finishes while the bus is down: its `done` reaches no one either.
+        fake_ollama.wait_for(lambda: len(fake_ollama.tokens_sent) == 30, 10, "the reply to finish")
+        app.start_bus()
+        # Recovered through catch-up, answered once, and the reply that was streaming is saved exactly once.
+        with sqlite3.connect(app.data_dir / "app.sqlite3") as db:
+            down_seq = db.execute("SELECT MAX(seq) FROM journal WHERE type = ?", (protocol.TODO_ADDED,)).fetchone()[0]
+        app.bus.messages.wait_for(lambda m: m.type == "journal.reply.saved" and m.data["covers_seq"] >= down_seq,
+                                  30, "a reply covering the action taken while the bus was down")
+        app.bus.wait_for("journal.reply.saved", timeout_s=10, reply_id=streaming.data["reply_id"])
+        reply_ids = [reply["reply_id"] for reply in saved_replies(app)]
+        assert len(reply_ids) == len(set(reply_ids))
+        assert app.processes["web"].alive() and app.processes["worker"].alive()
+
+
+@pytest.mark.parametrize("knobs, shown", [
+    ({"status": 500, "error_message": "llama runner process has terminated"}, "Ollama answered 500"),
+    ({"error_after_tokens": 3}, "error mid-reply"),
+    ({"hang_after_tokens": 3}, "sent nothing for 1 s"),
+])
+def test_an_ollama_fault_is_shown_with_its_fix_and_service_resumes(tmp_path, fake_ollama, knobs, shown):
+    with running(tmp_path, fake_ollama.url, OLLAMA_CHUNK_TIMEOUT_S="1") as app:
+        app.bus.wait_for("llm.status", timeout_s=15, state="ready")
+        tab = Tab(app.ws_url)
+        for key, value in knobs.items():
+            setattr(fake_ollama.knobs, key, value)
+        post(app, "/chat", text="first try")
+        tab.wait_for_text(shown)
+        fake_ollama.knobs.status, fake_ollama.knobs.error_after_tokens, fake_ollama.knobs.hang_after_tokens = (
+            200, None, None)
+        post(app, "/chat", text="second try")
+        second = app.bus.wait_for("journal.chat.sent", text="second try")
+        app.bus.wait_for("journal.reply.saved", timeout_s=20, covers_seq=second.seq)
+        tab.close()
+
+
+def test_a_model_that_loads_slowly_is_not_taken_for_a_hang(tmp_path, fake_ollama):
+    fake_ollama.knobs.first_token_delay_s = 2.5  # longer than the between-chunk deadline
+    with running(tmp_path, fake_ollama.url, OLLAMA_CHUNK_TIMEOUT_S="1") as app:
+        app.bus.wait_for("llm.status", timeout_s=15, state="ready")
+        post(app, "/chat", text="wake up")
+        app.bus.wait_for("journal.reply.saved", timeout_s=15)
+        assert app.bus.of_type("llm.error") == []
+
+
+def test_a_tab_that_stops_reading_does_not_slow_the_others(system, fake_ollama):
+    # A client that completes the WebSocket handshake and then never reads a byte.
+    stuck = socket.create_connection(("127.0.0.1", system.web_port))
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{system.web_port}\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    healthy = Tab(system.ws_url)
+    # 8 replies of 4,000 tokens of 200 bytes: 6.4 MB, more than the kernel buffers (4 MB) plus the tab's queue.
+    fake_ollama.knobs.reply = lambda request: ["x" * 200] * 4000
+    try:
+        with httpx.Client(base_url=system.url, timeout=5) as client:
+            for i in range(8):
+                client.post("/chat", data={"text": f"flood {i}"})
+        last = system.bus.wait_for("journal.chat.sent", text="flood 7")
+        done = system.bus.wait_for("llm.done", timeout_s=60, covers_seq=last.seq)
+        marker = f'beforeend:#reply-{done.data["reply_id"]}-body"'
+        healthy.frames.wait_until(lambda frames: sum(marker in f for f in frames) == 4000, 30,
+                                  "every token of the last reply at the healthy tab")
+        assert "fell 2000 frames behind; disconnecting" in system.processes["web"].log()
+    finally:
+        stuck.close()
+        healthy.close()
+
+
+def test_a_thousand_garbage_frames_leave_every_process_running(system, fake_ollama):
+    rng = random.Random(1234)
+    context = zmq.Context()
+    rogue = context.socket(zmq.PUB)
+    rogue.connect(system.env["BUS_PUB_ADDR"])
+    topics = [t.encode() for t in protocol.KNOWN_TYPES] + [b"journal.", b"llm.", b"", b"\xff\xfe"]
+    bad_envelopes = [
+        {"v": 2, "type": "llm.token", "src": "x", "ts": 1, "data": {}},
+        {"v": 1, "type": "llm.unknown", "src": "x", "ts": 1, "data": {}},
+        {"v": 1, "type": "llm.token", "src": "x", "ts": 1, "data": {"reply_id": None}},
+        {"v": 1, "type": "journal.todo.added", "src": "x", "ts": 1, "data": {}, "seq": 10**9},
+        {"v": 1, "type": "llm.status", "src": 1, "ts": "now", "data": []},
+    ]
+    try:
+        system.bus.wait_for("llm.status")
+        for i in range(1000):
+            kind = i % 4
+            if kind == 0:
+                frames = [rng.choice(topics), rng.randbytes(rng.randrange(1, 200))]
+            elif kind == 1:
+                frames = [rng.choice(topics), msgpack.packb(rng.choice(bad_envelopes))]
+            elif kind == 2:
+                frames = [rng.choice(topics)] * rng.randrange(1, 5)
+            else:
+                frames = [rng.choice(topics), rng.randbytes(2 * 1024 * 1024 if i % 100 == 3 else 64)]
+            rogue.send_multipart(frames)
+        post(system, "/todos", title="after the storm")
+        after = system.bus.wait_for("journal.todo.added", title="after the storm")
+        system.bus.wait_for("journal.reply.saved", timeout_s=15, covers_seq=after.seq)
+        assert all(process.alive() for process in system.processes.values())
+    finally:
+        rogue.close(linger=0)
+        context.term()
+
+
+def test_a_done_sent_again_is_saved_once(system):
+    context = zmq.Context()
+    worker = context.socket(zmq.PUB)
+    worker.connect(system.env["BUS_PUB_ADDR"])
+    done = protocol.Message(protocol.LLM_DONE, {"reply_id": "rresent", "text": "once", "done_reason": "stop",
+                                                "covers_seq": 0, "model": "m", "stats": {}}, "llm_worker/test")
+    try:
+        for _ in range(50):  # as the worker does until its reply's journal entry comes back
+            worker.send_multipart(protocol.encode(done))
+            try:
+                system.bus.wait_for("journal.reply.saved", timeout_s=0.2, reply_id="rresent")
+                break
+            except TimeoutError:
+                continue
+        for _ in range(3):
+            worker.send_multipart(protocol.encode(done))
+        post(system, "/todos", title="a later action")
+        later = system.bus.wait_for("journal.todo.added", title="a later action")
+        system.bus.wait_for("journal.reply.saved", covers_seq=later.seq)  # everything sent before it is handled
+        assert [r["reply_id"] for r in saved_replies(system)].count("rresent") == 1
+    finally:
+        worker.close(linger=0)
+        context.term()
