@@ -130,7 +130,9 @@ def test_a_killed_worker_comes_back_and_answers_everything_once(tmp_path, fake_o
     with running(tmp_path, fake_ollama.url, respawn=True) as app:  # the worker runs as the Procfile runs it
         bus = app.bus
         bus.wait_for("llm.status", timeout_s=15, state="ready")
+        tab = Tab(app.ws_url)
         post(app, "/todos", title="first")
+        cut_short = bus.wait_for("llm.start", timeout_s=10)
         bus.wait_for("llm.token", timeout_s=10)
         old_pid = app.worker_pid()
         killed_at = time.time()
@@ -153,6 +155,9 @@ def test_a_killed_worker_comes_back_and_answers_everything_once(tmp_path, fake_o
         assert "first" in last_turn and "second" in last_turn and last_turn.endswith("are you there?")
         assert [m.data["covers_seq"] for m in saved] == [chat.seq]
         assert app.processes["bus"].alive() and app.processes["web"].alive()
+        # The half reply is not left dangling: every tab sees it marked interrupted.
+        tab.frames.wait_for(lambda f: cut_short.data["reply_id"] in f and "interrupted" in f, 5, "interrupted")
+        tab.close()
 
 
 def test_ollama_down_shows_one_clear_message_then_recovers(tmp_path):
