@@ -21,6 +21,8 @@ class Settings:
     web_host: str
     web_port: int
     allowed_hosts: list[str]  # host names the web answers to (DNS-rebinding guard); the port is added
+    actions_per_s: float  # state-changing requests the web accepts per second, sustained
+    action_burst: int  # ... and in a burst
     data_dir: Path
     bus_pub_addr: str  # publishers connect here (the bus binds XSUB)
     bus_sub_addr: str  # subscribers connect here (the bus binds XPUB)
@@ -64,6 +66,8 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         web_port=int(env.get("WEB_PORT", "5001")),
         allowed_hosts=[h.strip().lower() for h in env.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
                        if h.strip()],
+        actions_per_s=float(env.get("ACTIONS_PER_S", "20")),
+        action_burst=int(env.get("ACTION_BURST", "60")),
         data_dir=Path(env.get("DATA_DIR", "./data")),
         bus_pub_addr=env.get("BUS_PUB_ADDR", "tcp://127.0.0.1:5555"),
         bus_sub_addr=env.get("BUS_SUB_ADDR", "tcp://127.0.0.1:5556"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.fake_ollama import FakeOllama
 from tests.system import running
@@ -19,3 +20,7 @@ def system(tmp_path, fake_ollama):
     with running(tmp_path, fake_ollama.url) as app:
         app.bus.wait_for("llm.status", timeout_s=15, state="ready")
         yield app
+
+
+# Browser assertions wait up to 10 s: generous for a loaded 2-core machine, and still a deadline.
+expect.set_options(timeout=10_000)

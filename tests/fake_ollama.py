@@ -48,6 +48,7 @@ class Knobs:
     error_message: str = "an error was encountered while running the model"
     error_after_tokens: int | None = None  # send an {"error": ...} line after this many tokens
     hang_after_tokens: int | None = None  # stop sending (connection kept open) after this many tokens
+    hold_after_tokens: int | None = None  # pause after this many tokens until FakeOllama.release() is called
     done_reason: str = "stop"
 
 
@@ -60,6 +61,7 @@ class FakeOllama:
         self.disconnects = 0  # streams the client closed before the end
         self.tokens_sent: list[tuple[float, str]] = []  # (time.time(), text) as each token is written
         self._changed = threading.Condition()
+        self.released = threading.Event()  # see Knobs.hold_after_tokens
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -87,6 +89,7 @@ class FakeOllama:
         return self
 
     def stop(self) -> None:
+        self.released.set()  # a held stream must not keep a thread waiting after the server is gone
         if self._server is not None:
             self._server.should_exit = True
             self._server.force_exit = True
@@ -98,6 +101,10 @@ class FakeOllama:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def release(self) -> None:
+        """Let streams held by `hold_after_tokens` go on."""
+        self.released.set()
 
     # waiting on what happened
 
@@ -174,6 +181,8 @@ class FakeOllama:
                     return
                 if knobs.hang_after_tokens == index:
                     await asyncio.sleep(3600)
+                if knobs.hold_after_tokens == index:
+                    await asyncio.get_running_loop().run_in_executor(None, self.released.wait, 60)
                 if knobs.tokens_per_s:
                     await asyncio.sleep(1 / knobs.tokens_per_s)
                 self.tokens_sent.append((time.time(), text))

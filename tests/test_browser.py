@@ -25,8 +25,8 @@ def browser():
 
 
 def test_adding_a_todo_in_the_page_streams_a_comment_into_the_chat_log(system, fake_ollama, browser):
-    fake_ollama.knobs.tokens_per_s = 20
     fake_ollama.knobs.reply = lambda request: ["Feed", " the", " cat?", " **Finally**", " some", " ambition."]
+    fake_ollama.knobs.hold_after_tokens = 2  # the reply pauses mid-stream until the test has looked
     page = browser.new_page()
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
@@ -39,7 +39,9 @@ def test_adding_a_todo_in_the_page_streams_a_comment_into_the_chat_log(system, f
     expect(page.get_by_label("New todo")).to_have_value("")
     log = page.get_by_role("log")
     # Mid-stream: part of the reply is there, as plain streamed text, before the rest has been generated.
-    expect(log.locator(".body.streaming")).to_contain_text("Feed the", timeout=10_000)
+    expect(log.locator(".body.streaming")).to_have_text("Feed the", timeout=10_000)
+    expect(log.locator(".typing")).to_be_visible()
+    fake_ollama.release()
     # Finished: rendered from Markdown on the server.
     expect(log.locator("strong")).to_have_text("Finally", timeout=10_000)
     expect(log).to_contain_text("Feed the cat? Finally some ambition.")

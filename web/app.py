@@ -24,6 +24,7 @@ from web.components import (
 )
 from web.guard import Guard, allowed_hosts
 from web.journal import Journal
+from web.ratelimit import TokenBucket
 from web.relay import Relay
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -37,8 +38,13 @@ HTMX_CONFIG = {
         {"code": "204", "swap": False},
         {"code": "[23]..", "swap": True},
         {"code": "422", "swap": True, "error": False},
+        {"code": "429", "swap": True, "error": False},  # retargeted to #notice by the guard
         {"code": "[45]..", "swap": False, "error": True},
     ],
+    # The page runs under a CSP without 'unsafe-eval' or inline styles: keep htmx from needing either.
+    "allowEval": False,
+    "allowScriptTags": False,
+    "includeIndicatorStyles": False,
 }
 HEADERS = (
     Meta(name="viewport", content="width=device-width, initial-scale=1"),
@@ -100,13 +106,14 @@ def create_app(settings: Settings) -> FastHTML:
         hx_ext="ws", ws_connect="/ws",  # every tab listens on one WebSocket; frames are out-of-band swaps
     )
     app.state.relay, app.state.clients, app.state.store = relay, clients, store
-    app.add_middleware(Guard, hosts=allowed_hosts(settings.allowed_hosts, settings.web_port))
+    app.add_middleware(Guard, hosts=allowed_hosts(settings.allowed_hosts, settings.web_port),
+                       bucket=TokenBucket(settings.actions_per_s, settings.action_burst))
 
     # Every route is `async def` on purpose: FastHTML runs plain `def` routes in a thread pool, and the store's
     # connection and the PUB socket belong to the event loop's thread.
 
     def todos_changed():
-        clients.broadcast(oob(TodoList(store.todos())))
+        clients.broadcast(oob(TodoList(store.todos()), swap="innerHTML"))  # keeps the list's scroll position
 
     def chat_log():
         chat = store.recent_entries(CHAT_HISTORY_SHOWN, (protocol.CHAT_SENT, protocol.REPLY_SAVED))
@@ -138,6 +145,11 @@ def create_app(settings: Settings) -> FastHTML:
             store.update_todo(toggled)
             data.update(id=todo.id, title=todo.title, done=toggled.done)
         todos_changed()
+
+    @app.get("/todos/{todo_id}")
+    async def show_todo(todo_id: int):  # Escape while editing puts the item back
+        todo = store.todo(todo_id)
+        return TodoItem(todo) if todo else Response("No such todo.", status_code=404)
 
     @app.get("/todos/{todo_id}/edit")
     async def edit_form(todo_id: int):
@@ -189,7 +201,7 @@ def create_app(settings: Settings) -> FastHTML:
         # A tab that (re)connects gets the whole current state, swapped in by id: after a restart of the web, or a
         # disconnect for falling behind, it shows what it missed without a reload and without duplicates.
         clients.connect(ws)
-        clients.send(ws, oob(TodoList(store.todos())), oob(chat_log()), oob(Status(relay.status)))
+        clients.send(ws, oob(TodoList(store.todos()), swap="innerHTML"), oob(chat_log()), oob(Status(relay.status)))
 
     async def on_disconnect(ws):
         clients.disconnect(ws)

@@ -29,10 +29,11 @@ class Reply:
     parts: list[str] = field(default_factory=list)
 
 
-def oob(component, target: str | None = None):
-    """Wrap a component for an out-of-band swap: replace the element with the same id, or append into `target`."""
+def oob(component, target: str | None = None, swap: str = "true"):
+    """Wrap a component for an out-of-band swap: replace the element with the same id ("true"), or only its
+    children ("innerHTML": the element, and so its scroll position, stays), or append into `target`."""
     if target is None:
-        component.attrs["hx-swap-oob"] = "true"
+        component.attrs["hx-swap-oob"] = swap
         return component
     return Div(component, hx_swap_oob=f"beforeend:#{target}")
 
@@ -112,7 +113,9 @@ def AssistantReply(reply: Reply):
     note = {"stopped": "stopped", "interrupted": "interrupted", "length": "cut short (length limit)"}.get(
         reply.done_reason or ""
     )
-    return Div(body, P(note, cls="note") if note else None, id=f"reply-{reply.reply_id}", cls="msg assistant")
+    typing = P("typing…", cls="typing") if reply.done_reason is None else None  # gone when the reply is swapped in
+    return Div(body, typing, P(note, cls="note") if note else None, id=f"reply-{reply.reply_id}",
+               cls="msg assistant")
 
 
 def ErrorNote(text: str):
@@ -158,6 +161,9 @@ def Page(todo_list, chat_log, status: WorkerStatus):
             Section(
                 Header(H2("Assistant"), Status(status)),
                 chat_log,
+                # Shown by app.js when the person has scrolled up while new text arrives.
+                Button("Jump to latest", id="jump-latest", type="button", hidden=True),
+                Div(id="notice", aria_live="assertive"),  # where a 429 lands
                 ChatForm(),
                 cls="panel chat",
             ),

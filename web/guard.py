@@ -1,12 +1,28 @@
-"""Refuses requests a page on another site could make through the browser: a Host that is not ours (DNS rebinding)
-gets 400; a WebSocket upgrade or a state-changing request whose Origin is another site (cross-site WebSocket
-hijacking, CSRF) gets 403. Requests without an Origin (curl, scripts) are not from a browser page and pass."""
+"""The web's perimeter, as ASGI middleware. Refuses what a page on another site could make the browser send: a Host
+that is not ours (DNS rebinding) gets 400; a WebSocket upgrade or a state-changing request whose Origin is another
+site (cross-site WebSocket hijacking, CSRF) gets 403. Requests without an Origin (curl, scripts) are not from a
+browser page and pass. State changes beyond the rate limit get 429. Every response carries a Content-Security-Policy
+that allows only this origin's own scripts, styles and connections: no inline script, nothing from elsewhere."""
 from __future__ import annotations
 
+from starlette.datastructures import MutableHeaders
 from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from web.ratelimit import TokenBucket
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "font-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+# htmx swaps a 429 into the page's notice area instead of the form that was submitted.
+RATE_LIMITED_HEADERS = {"HX-Retarget": "#notice", "HX-Reswap": "innerHTML", "Retry-After": "1"}
 
 
 def allowed_hosts(names: list[str], port: int) -> set[str]:
@@ -15,26 +31,41 @@ def allowed_hosts(names: list[str], port: int) -> set[str]:
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, hosts: set[str]) -> None:
+    def __init__(self, app: ASGIApp, hosts: set[str], bucket: TokenBucket) -> None:
         self.app = app
         self.hosts = hosts
         self.origins = {f"http://{host}" for host in hosts}
+        self.bucket = bucket
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
-            refusal = self._refusal(scope, headers)
-            if refusal is not None:
-                # For a WebSocket this is an HTTP denial before the upgrade (ASGI websocket.http.response).
-                await PlainTextResponse(refusal[1], status_code=refusal[0])(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            # For a WebSocket this is an HTTP denial before the upgrade (ASGI websocket.http.response).
+            await refusal(scope, receive, send)
+            return
 
-    def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response_headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    response_headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _refusal(self, scope: Scope, headers: dict[str, str]) -> PlainTextResponse | None:
         if headers.get("host", "").lower() not in self.hosts:
-            return 400, "Unknown Host header: open the app at the address it was started on."
-        changes_state = scope["type"] == "websocket" or scope.get("method", "GET") not in SAFE_METHODS
+            return PlainTextResponse("Unknown Host header: open the app at the address it was started on.", 400)
+        is_websocket = scope["type"] == "websocket"
+        changes_state = is_websocket or scope.get("method", "GET") not in SAFE_METHODS
         origin = headers.get("origin")
         if changes_state and origin is not None and origin.lower() not in self.origins:
-            return 403, "Cross-origin request refused."
+            return PlainTextResponse("Cross-origin request refused.", 403)
+        if changes_state and not is_websocket and not self.bucket.take():
+            return PlainTextResponse("Too many changes at once: slow down a little.", 429,
+                                     headers=RATE_LIMITED_HEADERS)
         return None
