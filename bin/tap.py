@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 
 import zmq.asyncio
 
@@ -27,9 +28,9 @@ def as_json(message: Message) -> str:
     return json.dumps(message.envelope(), ensure_ascii=False, default=repr)
 
 
-async def tap(address: str, topics: list[str], jsonl: bool) -> None:
+async def tap(address: str, topics: list[str], jsonl: bool, keys_dir: Path | None) -> None:
     context = zmq.asyncio.Context()
-    subscriber = Subscriber(address, topics, context)
+    subscriber = Subscriber(address, topics, context, keys_dir)
     try:
         while True:
             message = await subscriber.receive()
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("tap", settings.log_level)
     signal.signal(signal.SIGTERM, _interrupt)  # end quietly, like Ctrl-C
     try:
-        asyncio.run(tap(args.bus, args.topics, args.jsonl))
+        asyncio.run(tap(args.bus, args.topics, args.jsonl, settings.bus_keys_dir))
     except KeyboardInterrupt:
         pass
     return 0

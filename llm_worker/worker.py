@@ -11,7 +11,7 @@ import uuid
 import zmq
 import zmq.asyncio
 
-from services import protocol
+from services import curve, protocol
 from services.busclient import Publisher, Subscriber
 from services.config import Settings
 from services.protocol import Message, ProtocolError
@@ -42,8 +42,9 @@ class Worker:
 
     async def run(self) -> None:
         context = zmq.asyncio.Context()
-        self.publisher = Publisher(self.settings.bus_pub_addr, src=f"llm_worker/{self.worker_id}")
-        subscriber = Subscriber(self.settings.bus_sub_addr, [protocol.JOURNAL, protocol.CONTROL], context)
+        keys = self.settings.bus_keys_dir
+        self.publisher = Publisher(self.settings.bus_pub_addr, src=f"llm_worker/{self.worker_id}", keys_dir=keys)
+        subscriber = Subscriber(self.settings.bus_sub_addr, [protocol.JOURNAL, protocol.CONTROL], context, keys)
         self.ollama = OllamaClient(self.settings)
         tasks = [asyncio.create_task(coroutine) for coroutine in
                  (self._heartbeat(), self._follow_journal(subscriber, context), self._answer())]
@@ -96,6 +97,7 @@ class Worker:
         # A fresh DEALER per attempt (the zguide's Lazy Pirate): a request stuck in a dead connection is dropped.
         while True:
             dealer = context.socket(zmq.DEALER)
+            curve.make_client(dealer, self.settings.bus_keys_dir)
             dealer.connect(self.settings.journal_addr)
             try:
                 await dealer.send(protocol.encode_catchup_request(after))

@@ -7,8 +7,9 @@ import sys
 import threading
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
-from services import config, logs
+from services import config, curve, logs
 from services.busclient import HWM_MESSAGES, MAX_MESSAGE_BYTES
 
 CONTROL_ADDR = "inproc://bus-control"
@@ -25,11 +26,20 @@ def main(argv: list[str] | None = None) -> int:
     # Signals are taken synchronously with sigwait below. A handler that raises out of zmq.proxy only works when the
     # signal lands inside its poll call; one arriving mid-forward would be lost and the bus would ignore SIGTERM.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        for address in (settings.bus_pub_addr, settings.bus_sub_addr):
+            curve.check_bind(address, settings.bus_keys_dir)
+    except curve.InsecureBindError as error:
+        log.error("%s", error)
+        return 2
     context = zmq.Context()
+    authenticator = ThreadAuthenticator(context)
+    curve.allow_clients(authenticator, settings.bus_keys_dir)
     frontend = context.socket(zmq.XSUB)  # publishers connect here
     backend = context.socket(zmq.XPUB)  # subscribers connect here
     frontend.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     for sock in (frontend, backend):
+        curve.make_server(sock, settings.bus_keys_dir)
         sock.setsockopt(zmq.RCVHWM, HWM_MESSAGES)
         sock.setsockopt(zmq.SNDHWM, HWM_MESSAGES)
         sock.setsockopt(zmq.LINGER, 0)
@@ -39,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     except zmq.ZMQError as error:
         log.error("cannot bind %s / %s: %s (is another bus running? set BUS_PUB_ADDR / BUS_SUB_ADDR)",
                   settings.bus_pub_addr, settings.bus_sub_addr, error)
+        if authenticator.is_alive():
+            authenticator.stop()
         context.destroy(linger=0)
         return 2
     stopper = context.socket(zmq.PAIR)
@@ -52,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("bus stopping")
     stopper.send(b"TERMINATE")
     forwarder.join(timeout=2)
+    if authenticator.is_alive():
+        authenticator.stop()
     context.destroy(linger=0)
     return 0
 

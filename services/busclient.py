@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import zmq
 import zmq.asyncio
 
-from services import protocol
+from services import curve, protocol
 from services.protocol import Message, ProtocolError
 
 # PUB drops messages past its high-water mark instead of blocking. 100,000 messages is about ten seconds of tokens at
@@ -39,11 +40,12 @@ class Publisher:
     """A PUB socket connected to the bus. `send` never blocks and never yields to the event loop (PUB drops at the
     high-water mark rather than wait), so appending to the journal and publishing stays one atomic step."""
 
-    def __init__(self, address: str, src: str, context: zmq.Context | None = None) -> None:
+    def __init__(self, address: str, src: str, keys_dir: Path | None = None) -> None:
         self.src = src
-        self.socket = (context or zmq.Context.instance()).socket(zmq.PUB)
+        self.socket = zmq.Context.instance().socket(zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, HWM_MESSAGES)
         self.socket.setsockopt(zmq.LINGER, LINGER_MS)
+        curve.make_client(self.socket, keys_dir)
         self.socket.connect(address)
 
     def send(self, message: Message) -> None:
@@ -61,8 +63,10 @@ class Publisher:
 class Subscriber:
     """A SUB socket connected to the bus, filtered by topic prefixes; yields only messages that decode."""
 
-    def __init__(self, address: str, topics: list[str], context: zmq.asyncio.Context) -> None:
+    def __init__(self, address: str, topics: list[str], context: zmq.asyncio.Context,
+                 keys_dir: Path | None = None) -> None:
         self.socket = context.socket(zmq.SUB)
+        curve.make_client(self.socket, keys_dir)
         self.socket.setsockopt(zmq.RCVHWM, HWM_MESSAGES)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self.socket.setsockopt(zmq.LINGER, 0)

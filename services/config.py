@@ -26,6 +26,7 @@ class Settings:
     data_dir: Path
     bus_pub_addr: str  # publishers connect here (the bus binds XSUB)
     bus_sub_addr: str  # subscribers connect here (the bus binds XPUB)
+    bus_keys_dir: Path | None  # CURVE keys (see services/curve.py); None: plain sockets, loopback/ipc only
     journal_addr: str  # the web's ROUTER answering catch-up requests
     heartbeat_s: float
     history_window: int  # journal entries a cold-started worker asks for
@@ -71,6 +72,7 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         data_dir=Path(env.get("DATA_DIR", "./data")),
         bus_pub_addr=env.get("BUS_PUB_ADDR", "tcp://127.0.0.1:5555"),
         bus_sub_addr=env.get("BUS_SUB_ADDR", "tcp://127.0.0.1:5556"),
+        bus_keys_dir=Path(env["BUS_KEYS_DIR"]) if env.get("BUS_KEYS_DIR") else None,
         journal_addr=env.get("JOURNAL_ADDR", "tcp://127.0.0.1:5557"),
         heartbeat_s=float(env.get("HEARTBEAT_S", "1.0")),
         history_window=int(env.get("HISTORY_WINDOW", "500")),

@@ -16,7 +16,7 @@ import httpx
 import zmq
 from websockets.sync.client import connect as ws_connect
 
-from services import protocol
+from services import curve, protocol
 from services.protocol import Message, ProtocolError
 from tests.fake_ollama import free_port
 
@@ -172,10 +172,11 @@ class System:
 class BusWatcher:
     """A subscriber to everything on the bus, in a thread; `messages` records each decoded message."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, keys_dir: Path | None = None) -> None:
         self.messages = Recorder()
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.SUB)
+        curve.make_client(self._socket, keys_dir)
         self._socket.setsockopt(zmq.SUBSCRIBE, b"")
         self._socket.connect(address)
         self._running = True
@@ -239,7 +240,8 @@ def running(tmp_path: Path, ollama_url: str, respawn: bool = False, worker: bool
     app.bus = None
     try:
         app.start_bus()
-        app.bus = BusWatcher(app.env["BUS_SUB_ADDR"])
+        keys = app.env.get("BUS_KEYS_DIR")
+        app.bus = BusWatcher(app.env["BUS_SUB_ADDR"], Path(keys) if keys else None)
         app.start_web()
         if worker:
             app.start_worker(respawn)

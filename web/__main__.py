@@ -6,6 +6,7 @@ import sys
 import uvicorn
 
 from services import config, logs
+from services.curve import InsecureBindError
 from web.app import create_app
 
 SHUTDOWN_GRACE_S = 2  # open WebSockets get this long before uvicorn closes them; honcho kills at 5 s
@@ -13,8 +14,12 @@ SHUTDOWN_GRACE_S = 2  # open WebSockets get this long before uvicorn closes them
 
 def main(argv: list[str] | None = None) -> int:
     settings = config.load()
-    logs.setup("web", settings.log_level)
-    app = create_app(settings)
+    log = logs.setup("web", settings.log_level)
+    try:
+        app = create_app(settings)
+    except InsecureBindError as error:
+        log.error("%s", error)
+        return 2
     uvicorn.run(app, host=settings.web_host, port=settings.web_port, log_config=None,
                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S, ws_max_size=64 * 1024)
     return 0

@@ -9,12 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
 from fasthtml.common import FastHTML, Link, Meta, Script, to_xml
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from services import protocol
+from services import curve, protocol
 from services.busclient import Publisher, Subscriber
 from services.config import Settings
 from store import Store
@@ -75,6 +76,7 @@ def invalid(component) -> HTMLResponse:
 
 
 def create_app(settings: Settings) -> FastHTML:
+    curve.check_bind(settings.journal_addr, settings.bus_keys_dir)  # before anything is opened
     store = Store(settings.data_dir)
     clients = Clients()
     journal = Journal(store, publisher=None, history_window=settings.history_window)  # publisher set at startup
@@ -83,10 +85,12 @@ def create_app(settings: Settings) -> FastHTML:
     async def lifespan(app):  # FastHTML takes the async generator itself, not a context manager
         # Sockets are created inside the running loop and closed with a short linger on the way out.
         context = zmq.asyncio.Context()
-        journal.publisher = Publisher(settings.bus_pub_addr, src="web")
-        subscriber = Subscriber(settings.bus_sub_addr, [protocol.LLM], context)
+        authenticator = AsyncioAuthenticator(context)
+        curve.allow_clients(authenticator, settings.bus_keys_dir)
+        journal.publisher = Publisher(settings.bus_pub_addr, src="web", keys_dir=settings.bus_keys_dir)
+        subscriber = Subscriber(settings.bus_sub_addr, [protocol.LLM], context, settings.bus_keys_dir)
         tasks = [
-            asyncio.create_task(journal.serve_catchup(settings.journal_addr, context)),
+            asyncio.create_task(journal.serve_catchup(settings.journal_addr, context, settings.bus_keys_dir)),
             asyncio.create_task(relay.run(subscriber)),
         ]
         try:
@@ -97,6 +101,8 @@ def create_app(settings: Settings) -> FastHTML:
             await asyncio.gather(*tasks, return_exceptions=True)
             subscriber.close()
             journal.publisher.close()
+            if settings.bus_keys_dir is not None:
+                authenticator.stop()
             context.term()
             store.close()
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import zmq
 import zmq.asyncio
 
-from services import protocol
+from services import curve, protocol
 from services.busclient import LINGER_MS, DropLog, Publisher
 from services.protocol import Message, ProtocolError
 from store import Store
@@ -44,9 +45,10 @@ class Journal:
             entries = self.store.entries_after(after, CATCHUP_PAGE)
         return protocol.encode_catchup_reply(entries, self.store.last_seq())
 
-    async def serve_catchup(self, address: str, context: zmq.asyncio.Context) -> None:
+    async def serve_catchup(self, address: str, context: zmq.asyncio.Context, keys_dir: Path | None) -> None:
         router = context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, LINGER_MS)
+        curve.make_server(router, keys_dir)
         router.bind(address)
         drops = DropLog()
         try:
