@@ -1,0 +1,19 @@
+"""Replies rendered from Markdown: the useful parts kept, anything that could act on the page made inert."""
+from __future__ import annotations
+
+from web.markdown import to_html
+
+
+def test_lists_code_and_links_render_and_links_open_safely():
+    html = to_html("- one\n- two\n\n```py\nprint(1)\n```\n\n[docs](https://example.org)")
+    assert "<li>one</li>" in html and '<code class="language-py">print(1)' in html
+    assert 'aria-label="Copy code"' in html
+    assert '<a href="https://example.org" target="_blank" rel="noopener noreferrer nofollow">docs</a>' in html
+
+
+def test_raw_html_script_links_and_images_stay_text():
+    html = to_html('<script>alert(1)</script> <img src=x onerror=alert(2)> [x](javascript:alert(3)) '
+                   '![i](http://tracker.example/pixel.png)')
+    assert "<script" not in html and "<img" not in html and "javascript:" not in html.split("href=")[0]
+    assert 'href="javascript' not in html
+    assert "&lt;script&gt;" in html
