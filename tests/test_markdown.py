@@ -14,6 +14,6 @@ def test_lists_code_and_links_render_and_links_open_safely():
 def test_raw_html_script_links_and_images_stay_text():
     html = to_html('<script>alert(1)</script> <img src=x onerror=alert(2)> [x](javascript:alert(3)) '
                    '![i](http://tracker.example/pixel.png)')
-    assert "<script" not in html and "<img" not in html and "javascript:" not in html.split("href=")[0]
+    assert "<script" not in html and "<img" not in html
     assert 'href="javascript' not in html
     assert "&lt;script&gt;" in html
