@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS journal (
     src TEXT NOT NULL,
     data TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS journal_type_seq ON journal (type, seq);
 CREATE INDEX IF NOT EXISTS journal_reply_id ON journal (json_extract(data, '$.reply_id'))
     WHERE type = '{REPLY_SAVED}';
 """
@@ -108,12 +109,18 @@ class Store:
         rows = self.db.execute("SELECT * FROM journal WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
         return [_message(row) for row in rows]
 
-    def recent_entries(self, limit: int, kinds: tuple[str, ...] | None = None) -> list[Message]:
-        """The newest `limit` entries (of the given types), oldest first."""
-        where = f"WHERE type IN ({','.join('?' * len(kinds))})" if kinds else ""
-        rows = self.db.execute(
-            f"SELECT * FROM journal {where} ORDER BY seq DESC LIMIT ?", (*(kinds or ()), limit)
-        ).fetchall()
+    def recent_entries(self, limit: int, kinds: tuple[str, ...] | None = None,
+                       before: int | None = None) -> list[Message]:
+        """The newest `limit` entries (of the given types, older than seq `before`), oldest first."""
+        conditions, params = [], []
+        if kinds:
+            conditions.append(f"type IN ({','.join('?' * len(kinds))})")
+            params += kinds
+        if before is not None:
+            conditions.append("seq < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = self.db.execute(f"SELECT * FROM journal {where} ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
         return [_message(row) for row in reversed(rows)]
 
 

@@ -148,3 +148,19 @@ def test_on_a_phone_the_panels_stack_and_nothing_overflows(page, tmp_path):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=tmp_path / "phone.png", full_page=True)
     assert (tmp_path / "phone.png").stat().st_size > 0
+
+
+def test_a_long_history_is_shown_in_pages_and_loads_earlier_on_request(system, page):
+    with httpx.Client(base_url=system.url, timeout=5) as client:
+        for i in range(55):  # each gets a reply: 110 messages, more than one page of 100
+            client.post("/chat", data={"text": f"question {i:02d}"})
+    last = system.bus.wait_for("journal.chat.sent", text="question 54")
+    system.bus.wait_for("journal.reply.saved", timeout_s=30, covers_seq=last.seq)
+    page.reload()
+    log = page.get_by_role("log")
+    expect(log.locator(".msg")).to_have_count(100)
+    expect(log.locator(".msg.user", has_text="question 00")).to_have_count(0)  # only the newest 100 of 110
+    page.get_by_role("button", name="Load earlier messages").click()
+    expect(log.locator(".msg")).to_have_count(110)
+    expect(log.locator(".msg.user").first).to_have_text("question 00")
+    expect(page.get_by_role("button", name="Load earlier messages")).to_have_count(0)

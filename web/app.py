@@ -21,7 +21,7 @@ from services.config import Settings
 from store import Store
 from web.clients import Clients
 from web.components import (
-    ChatForm, ChatLog, Page, Status, TodoEditForm, TodoForm, TodoItem, TodoList, UserMessage, oob,
+    ChatForm, ChatHistory, ChatLog, Page, Status, TodoEditForm, TodoForm, TodoItem, TodoList, UserMessage, oob,
 )
 from web.guard import Guard, allowed_hosts
 from web.journal import Journal
@@ -31,7 +31,7 @@ from web.relay import Relay
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_TITLE_CHARS = 500
 MAX_MESSAGE_CHARS = 4_000
-CHAT_HISTORY_SHOWN = 200  # messages rendered on page load; older ones stay in the journal
+CHAT_HISTORY_SHOWN = 100  # messages rendered at once; "Load earlier messages" fetches the ones before
 
 # htmx does not swap 4xx responses by default; a 422 carries the form back with its error message.
 HTMX_CONFIG = {
@@ -121,9 +121,17 @@ def create_app(settings: Settings) -> FastHTML:
     def todos_changed():
         clients.broadcast(oob(TodoList(store.todos()), swap="innerHTML"))  # keeps the list's scroll position
 
+    def chat_history(before: int | None = None) -> list:
+        # One more than shown, to know whether there is anything earlier: the page never renders it all.
+        chat = store.recent_entries(CHAT_HISTORY_SHOWN + 1, (protocol.CHAT_SENT, protocol.REPLY_SAVED), before)
+        return ChatHistory(chat[-CHAT_HISTORY_SHOWN:], more=len(chat) > CHAT_HISTORY_SHOWN)
+
     def chat_log():
-        chat = store.recent_entries(CHAT_HISTORY_SHOWN, (protocol.CHAT_SENT, protocol.REPLY_SAVED))
-        return ChatLog(chat, list(relay.streaming.values()))
+        return ChatLog(chat_history(), list(relay.streaming.values()))
+
+    @app.get("/chat/history")
+    async def earlier_chat(before: int):
+        return tuple(chat_history(before))
 
     @app.get("/")
     async def index():

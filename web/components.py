@@ -127,9 +127,17 @@ def token_frame(reply_id: str, text: str):
     return Span(text, hx_swap_oob=f"beforeend:#reply-{reply_id}-body")
 
 
-def ChatLog(entries: list[Message], replies: list[Reply]):
+def ChatHistory(entries: list[Message], more: bool) -> list:
+    """Saved messages, oldest first, after a button that loads the ones before them (in place of itself)."""
     items = [UserMessage(e) if e.type == CHAT_SENT else AssistantReply(_saved(e)) for e in entries]
-    items += [AssistantReply(reply) for reply in replies]
+    if more and entries:
+        items.insert(0, Button("Load earlier messages", type="button", id="load-earlier",
+                               hx_get=f"/chat/history?before={entries[0].seq}", hx_swap="outerHTML"))
+    return items
+
+
+def ChatLog(history: list, replies: list[Reply]):
+    items = [*history, *[AssistantReply(reply) for reply in replies]]
     return Div(*items, id="chat-log", role="log", aria_label="Chat history", aria_live="polite")
 
 
