@@ -55,6 +55,31 @@ class Recorder:
         return self.items
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, found through /proc: honcho puts each of its children in a group of its own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    for target in [pid, *descendants(pid)]:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class Process:
     def __init__(self, name: str, args: list[str], env: dict, log_dir: Path) -> None:
         self.name = name

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.system import ROOT, BusWatcher, System
+from tests.system import ROOT, BusWatcher, System, kill_tree
 
 
 def test_honcho_runs_everything_and_survives_a_killed_worker(tmp_path, fake_ollama):
@@ -40,9 +40,13 @@ def test_honcho_runs_everything_and_survives_a_killed_worker(tmp_path, fake_olla
         assert time.monotonic() - stopped_at < 5
     finally:
         bus.close()
-        if honcho.poll() is None:
-            os.killpg(honcho.pid, signal.SIGKILL)
-            output += honcho.communicate()[0]
+        if honcho.poll() is None:  # the test failed before its own Ctrl-C: stop everything honcho started
+            honcho.send_signal(signal.SIGINT)
+            try:
+                output += honcho.communicate(timeout=10)[0]
+            except subprocess.TimeoutExpired:
+                kill_tree(honcho.pid)
+                output += honcho.communicate()[0]
         print(output)
     assert "Traceback" not in output
     assert "SIGKILL" not in output  # honcho's note when a process outlived its 5 s
