@@ -17,6 +17,7 @@ import zmq
 from services import protocol
 from tests.system import System, Tab, running
 from tests.test_system import post
+from web.components import body_id
 
 
 def saved_replies(app: System) -> list[dict]:
@@ -146,7 +147,7 @@ def test_a_tab_that_stops_reading_does_not_slow_the_others(system, fake_ollama):
                 client.post("/chat", data={"text": f"flood {i}"})
         last = system.bus.wait_for("journal.chat.sent", text="flood 7")
         done = system.bus.wait_for("llm.done", timeout_s=60, covers_seq=last.seq)
-        marker = f'beforeend:#reply-{done.data["reply_id"]}-body"'
+        marker = f'beforeend:#{body_id(done.data["reply_id"])}"'
         healthy.frames.wait_until(lambda frames: sum(marker in f for f in frames) == 4000, 30,
                                   "every token of the last reply at the healthy tab")
         assert "fell 2000 frames behind; disconnecting" in system.processes["web"].log()

@@ -18,6 +18,7 @@ import zmq
 from services import protocol
 from tests.fake_ollama import FakeOllama
 from tests.system import ROOT, System, Tab, running
+from web.components import body_id
 
 HTMX = {"HX-Request": "true"}
 
@@ -32,7 +33,7 @@ def journal_types(app: System) -> list[str]:
 
 
 def token_frames(tab: Tab, reply_id: str) -> list[str]:
-    marker = f'beforeend:#reply-{reply_id}-body"'
+    marker = f'beforeend:#{body_id(reply_id)}"'
     return [frame for frame in tab.frames.items if marker in frame]
 
 

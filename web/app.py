@@ -10,7 +10,7 @@ from pathlib import Path
 
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
-from fasthtml.common import FastHTML, Link, Meta, Script, to_xml
+from fasthtml.common import FastHTML, Li, Link, Meta, Script, to_xml
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from services import curve, protocol
 from services.busclient import Publisher, Subscriber
 from services.config import Settings
-from store import Store
+from store import Store, Todo
 from web.clients import Clients
 from web.components import (
     ChatForm, ChatHistory, ChatLog, Page, Status, TodoEditForm, TodoForm, TodoItem, TodoList, UserMessage, oob,
@@ -118,8 +118,17 @@ def create_app(settings: Settings) -> FastHTML:
     # Every route is `async def` on purpose: FastHTML runs plain `def` routes in a thread pool, and the store's
     # connection and the PUB socket belong to the event loop's thread.
 
-    def todos_changed():
-        clients.broadcast(oob(TodoList(store.todos()), swap="innerHTML"))  # keeps the list's scroll position
+    # Each change sends every tab only the item it touched: rendering the whole list per action made a todo POST
+    # cost O(list size) and stalled token relay meanwhile (see README, Performance). A tab that (re)connects gets
+    # the whole list once.
+    def todo_added(todo: Todo):
+        clients.broadcast(oob(TodoItem(todo), target="todo-list"))
+
+    def todo_changed(todo: Todo):
+        clients.broadcast(oob(TodoItem(todo)))
+
+    def todo_deleted(todo_id: int):
+        clients.broadcast(Li(id=f"todo-{todo_id}", hx_swap_oob="delete"))
 
     def chat_history(before: int | None = None) -> list:
         # One more than shown, to know whether there is anything earlier: the page never renders it all.
@@ -146,7 +155,7 @@ def create_app(settings: Settings) -> FastHTML:
         with journal.entry(protocol.TODO_ADDED) as data:
             todo = store.insert_todo(title)
             data.update(id=todo.id, title=todo.title)
-        todos_changed()
+        todo_added(todo)
         return TodoForm()
 
     @app.post("/todos/{todo_id}/toggle")
@@ -158,7 +167,7 @@ def create_app(settings: Settings) -> FastHTML:
         with journal.entry(protocol.TODO_TOGGLED) as data:
             store.update_todo(toggled)
             data.update(id=todo.id, title=todo.title, done=toggled.done)
-        todos_changed()
+        todo_changed(toggled)
 
     @app.get("/todos/{todo_id}")
     async def show_todo(todo_id: int):  # Escape while editing puts the item back
@@ -180,11 +189,13 @@ def create_app(settings: Settings) -> FastHTML:
         except InputError as error:
             return invalid(TodoEditForm(todo, title, str(error)))
         if title != todo.title:
+            edited = replace(todo, title=title)
             with journal.entry(protocol.TODO_EDITED) as data:
-                store.update_todo(replace(todo, title=title))
+                store.update_todo(edited)
                 data.update(id=todo.id, old_title=todo.title, title=title)
-            todos_changed()
-        return TodoItem(store.todo(todo_id))
+            todo_changed(edited)
+            return TodoItem(edited)
+        return TodoItem(todo)
 
     @app.delete("/todos/{todo_id}")
     async def delete_todo(todo_id: int):
@@ -194,7 +205,7 @@ def create_app(settings: Settings) -> FastHTML:
         with journal.entry(protocol.TODO_DELETED) as data:
             store.delete_todo(todo.id)
             data.update(id=todo.id, title=todo.title)
-        todos_changed()
+        todo_deleted(todo.id)
 
     @app.post("/chat")
     async def send_chat(text: str = ""):

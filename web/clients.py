@@ -38,7 +38,9 @@ class Clients:
         self._enqueue(ws, to_xml(components))
 
     def broadcast(self, *components) -> None:
-        html = to_xml(components)  # rendered once for every tab
+        self.broadcast_html(to_xml(components))  # rendered once for every tab
+
+    def broadcast_html(self, html: str) -> None:
         for ws in list(self._queues):
             self._enqueue(ws, html)
 

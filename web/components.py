@@ -2,6 +2,7 @@
 `oob()` so htmx swaps it in place by id (or appends it) in every open tab."""
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 
 from fasthtml.common import (
@@ -104,12 +105,17 @@ def UserMessage(entry: Message):
     return Div(P(entry.data["text"]), id=f"entry-{entry.seq}", cls="msg user")
 
 
+def body_id(reply_id: str) -> str:
+    """The id of a reply's text, which token frames append to; short, because every token frame carries it."""
+    return f"rb-{reply_id}"
+
+
 def AssistantReply(reply: Reply):
     if reply.done_reason is None:
         # Streaming: plain text; each token frame appends to this body (see token_frame).
-        body = Div("".join(reply.parts), id=f"reply-{reply.reply_id}-body", cls="body streaming")
+        body = Div("".join(reply.parts), id=body_id(reply.reply_id), cls="body streaming")
     else:
-        body = Div(NotStr(to_html(reply.text)), id=f"reply-{reply.reply_id}-body", cls="body")
+        body = Div(NotStr(to_html(reply.text)), id=body_id(reply.reply_id), cls="body")
     note = {"stopped": "stopped", "interrupted": "interrupted", "length": "cut short (length limit)"}.get(
         reply.done_reason or ""
     )
@@ -122,9 +128,11 @@ def ErrorNote(text: str):
     return Div(P(text), cls="msg error", role="alert")
 
 
-def token_frame(reply_id: str, text: str):
-    """Only the new text, appended to the streaming body: never the whole reply again."""
-    return Span(text, hx_swap_oob=f"beforeend:#reply-{reply_id}-body")
+def token_frame(reply_id: str, text: str) -> str:
+    """Only the new text, appended to the streaming body: never the whole reply again. Written as a string, not an
+    FT component: this runs once per token, and building and rendering an element cost ~40 µs against ~0.3 µs."""
+    return f'<span hx-swap-oob="beforeend:#{body_id(reply_id)}">{html.escape(text, quote=False)}</span>'
+
 
 
 def ChatHistory(entries: list[Message], more: bool) -> list:

@@ -67,7 +67,7 @@ class Relay:
         reply = self._streaming_reply(str(data["reply_id"]))
         text = str(data["text"])
         reply.parts.append(text)
-        self.clients.broadcast(token_frame(reply.reply_id, text))
+        self.clients.broadcast_html(token_frame(reply.reply_id, text))
 
     def _done(self, data: dict) -> None:
         reply_id = str(data["reply_id"])
