@@ -40,7 +40,8 @@ def test_the_quick_benchmark_reports_every_figure_and_loses_no_token(tmp_path):
     output = tmp_path / "bench.json"
     run = subprocess.run(["sh", str(ROOT / "bin" / "bench"), "--quick", "--json", str(output)], check=False,
                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    assert run.returncode == 0, run.stderr[-5000:]
+    failure = run.stderr[run.stderr.rfind("Traceback"):] if "Traceback" in run.stderr else run.stderr
+    assert run.returncode == 0, failure[-5000:]
     results = json.loads(output.read_text())
 
     missing = [(name, path) for name, paths in FIGURES.items() for path in paths
