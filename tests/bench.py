@@ -135,7 +135,7 @@ def serve_fake(conn) -> None:
             if command == "knobs":
                 reply.tokens = argument.pop("tokens")
                 fake.knobs = replace(fake.knobs, **argument)  # a new object: a reply streaming keeps its own speed
-                conn.send(None)
+                conn.send(reply.replies)  # the next reply to start is the first with these knobs
             elif command == "take_sent":
                 sent, fake.tokens_sent = fake.tokens_sent, []
                 conn.send(sent)
@@ -168,9 +168,10 @@ class FakeOllamaProcess:
         self._conn.send((command, argument))
         return self._receive(timeout_s)
 
-    def set(self, tokens: int, tokens_per_s: float = 0.0, first_token_delay_s: float = 0.0) -> None:
-        self._ask("knobs", {"tokens": tokens, "tokens_per_s": tokens_per_s,
-                            "first_token_delay_s": first_token_delay_s})
+    def set(self, tokens: int, tokens_per_s: float = 0.0, first_token_delay_s: float = 0.0) -> int:
+        """Knobs for the replies that start from now on; returns how many replies were started before."""
+        return self._ask("knobs", {"tokens": tokens, "tokens_per_s": tokens_per_s,
+                                   "first_token_delay_s": first_token_delay_s})
 
     def take_sent(self) -> dict[str, float]:
         """Every token written since the last call: text → time.time() it was written, in the order written."""
@@ -361,6 +362,10 @@ TOKEN_SPAN = re.compile(r'<span hx-swap-oob="beforeend:#rb-([^"]+)">(.*?)</span>
 NUMBERED_TOKEN = re.compile(r"r(\d+)t\d+ ")
 
 
+def reply_number(token: str) -> int:
+    return int(NUMBERED_TOKEN.match(token).group(1))
+
+
 def tokens_in(text: str) -> list[tuple[str, str]]:
     """(reply_id, token) for every numbered token appended by a frame."""
     return [(reply_id, match.group(0)) for reply_id, body in TOKEN_SPAN.findall(text)
@@ -403,7 +408,7 @@ def by_reply(sent: dict[str, float]) -> list[dict[str, float]]:
     """The fake's tokens split into replies, oldest first."""
     replies: dict[int, dict[str, float]] = {}
     for token, written_at in sent.items():
-        replies.setdefault(int(NUMBERED_TOKEN.match(token).group(1)), {})[token] = written_at
+        replies.setdefault(reply_number(token), {})[token] = written_at
     return [replies[number] for number in sorted(replies)]
 
 
@@ -650,14 +655,18 @@ async def post_while_streaming(session: Session, config: Config) -> dict:
     try:
         idle = await idle_posts(session, config)
         todos = session.todo_count()
-        session.fake.set(math.ceil(config.post_tokens_per_s * stream_s), config.post_tokens_per_s)
+        earlier = session.fake.set(math.ceil(config.post_tokens_per_s * stream_s), config.post_tokens_per_s)
         session.fake.take_sent()  # the baseline's comments: not part of this stream
-        mark = len(listeners[0].frames)
+
+        def streaming_tokens(frame: Frame) -> list[tuple[str, str]]:
+            # The first reply started after the knobs were set; a baseline comment may still be finishing.
+            return [(reply_id, token) for reply_id, token in tokens_in(frame.text) if reply_number(token) > earlier]
+
         await session.post_todo("streaming")
-        first = await listeners[0].wait_for(lambda frame: tokens_in(frame.text), WAIT_S, start=mark)
+        first = await listeners[0].wait_for(streaming_tokens, WAIT_S)
         if first is None:
             raise TimeoutError("the reply to stream during the POSTs did not start")
-        reply_id, first_token = tokens_in(first.text)[0]
+        reply_id, first_token = streaming_tokens(first)[0]
         session.fake.set(3)  # the comment folding the POSTs below comes next: short (the one streaming keeps its knobs)
         latencies, returned = await timed_posts(session, titles, config.post_interval_s)
         await asyncio.gather(*(listener.wait_for(is_final(reply_id), stream_s + WAIT_S) for listener in listeners))

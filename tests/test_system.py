@@ -213,6 +213,9 @@ def test_malformed_bus_frames_are_dropped_and_nothing_crashes(system, fake_ollam
                                                     "data": {"no_reply_id": True}})],
         [b"single frame"],
         [b"control.stop", b"", b"extra"],
+        # Well-formed, but its reply id would land in every tab's HTML: dropped, not relayed.
+        [b"llm.token", msgpack.packb({"v": 1, "type": "llm.token", "src": "x", "ts": 1,
+                                      "data": {"reply_id": 'x"><img src=x onerror=alert(1)>', "text": "t"}})],
         [b"llm.done", msgpack.packb({"v": 1, "type": "llm.done", "src": "x", "ts": 1, "data": {"reply_id": 5}})],
     ]
     try:
@@ -230,6 +233,7 @@ def test_malformed_bus_frames_are_dropped_and_nothing_crashes(system, fake_ollam
         system.bus.wait_for("journal.reply.saved", timeout_s=10)
         assert all(p.alive() for p in system.processes.values())
         assert "dropped malformed" in system.processes["web"].log()
+        assert "bad reply id" in system.processes["web"].log()
         assert "dropped malformed" in system.processes["worker"].log()
     finally:
         rogue.close(linger=0)

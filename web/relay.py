@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from fasthtml.common import Div
@@ -15,8 +16,18 @@ from web.components import AssistantReply, ErrorNote, Reply, Status, WorkerStatu
 from web.journal import Journal
 
 MISSED_HEARTBEATS = 3.5  # heartbeats missed before the worker is shown offline
+REPLY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
 
 log = logging.getLogger(__name__)
+
+
+def reply_id_of(data: dict) -> str:
+    """The reply id, which goes into element ids and selectors in every tab: anything but a plain word is dropped."""
+    reply_id = data["reply_id"]
+    if not isinstance(reply_id, str) or not REPLY_ID.fullmatch(reply_id):
+        raise ValueError(f"bad reply id {reply_id!r}")
+    return reply_id
 
 
 class Relay:
@@ -28,6 +39,13 @@ class Relay:
         self.streaming: dict[str, Reply] = {}
         self._worker_id: str | None = None
         self._last_heartbeat = 0.0
+        self._handlers = {
+            protocol.LLM_START: self._start,
+            protocol.LLM_TOKEN: self._token,
+            protocol.LLM_DONE: self._done,
+            protocol.LLM_ERROR: self._error,
+            protocol.LLM_STATUS: self._heartbeat,
+        }
 
     async def run(self, subscriber: Subscriber) -> None:
         while True:
@@ -37,13 +55,7 @@ class Relay:
             self._check_heartbeat()
 
     def handle(self, message: Message) -> None:
-        handler = {
-            protocol.LLM_START: self._start,
-            protocol.LLM_TOKEN: self._token,
-            protocol.LLM_DONE: self._done,
-            protocol.LLM_ERROR: self._error,
-            protocol.LLM_STATUS: self._heartbeat,
-        }.get(message.type)
+        handler = self._handlers.get(message.type)
         if handler is None:
             return
         try:
@@ -52,7 +64,7 @@ class Relay:
             log.warning("dropped malformed %s message: %s", message.type, error)
 
     def _start(self, data: dict) -> None:
-        self._streaming_reply(str(data["reply_id"]))
+        self._streaming_reply(reply_id_of(data))
 
     def _streaming_reply(self, reply_id: str) -> Reply:
         """The reply being streamed, shown in every tab; created on its first token if its start was lost (the bus
@@ -64,13 +76,13 @@ class Relay:
         return reply
 
     def _token(self, data: dict) -> None:
-        reply = self._streaming_reply(str(data["reply_id"]))
+        reply = self._streaming_reply(reply_id_of(data))
         text = str(data["text"])
         reply.parts.append(text)
         self.clients.broadcast_html(token_frame(reply.reply_id, text))
 
     def _done(self, data: dict) -> None:
-        reply_id = str(data["reply_id"])
+        reply_id = reply_id_of(data)
         if self.journal.store.has_reply(reply_id):
             return  # the worker re-sends `done` until it sees the saved entry: saving it again would duplicate it
         was_streaming = self.streaming.pop(reply_id, None) is not None
