@@ -1,0 +1,74 @@
+"""`bin/bench` / `python -m tests.bench`: run every figure and print the table (see tests/bench/__init__.py)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from tests.bench.figures import live_figures, long_history, ratio, zmq_floor
+from tests.bench.harness import QUICK, Config, FakeOllamaProcess, bench_system, progress
+from tests.bench.report import judge, table
+
+
+
+
+# the whole run
+
+
+def machine() -> dict:
+    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "load_average_at_start": os.getloadavg()}
+
+
+def run(config: Config, compression: str | None = "deflate") -> dict:
+    results = {"machine": machine(), "config": asdict(config) | {"compression": compression}}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        tmp_path = Path(tmp)
+        progress("9: the ZeroMQ floor")
+        results["floor"] = zmq_floor(tmp_path, config.floor_messages, config.floor_gap_s)
+        fake = FakeOllamaProcess()
+        try:
+            progress("starting bus, web and worker (under bin/respawn)")
+            with bench_system(tmp_path / "live", fake.url, respawn=True) as app:
+                results.update(asyncio.run(live_figures(app, fake, config, compression)))
+            results["long_history"] = {}
+            for entries in config.history_sizes:
+                progress(f"8: long history, {entries:,} journal entries")
+                results["long_history"][str(entries)] = long_history(tmp_path / f"history-{entries}", fake.url,
+                                                                     entries, config.page_loads)
+        finally:
+            fake.stop()
+    floor = results["floor"]["latency_ms"]
+    results["relay"]["ratio_to_floor"] = ratio(results["relay"]["overhead_ms"], floor)
+    results["action_to_first_token"]["ratio_to_floor"] = ratio(results["action_to_first_token"]["overhead_ms"], floor)
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    results["duration_s"] = time.monotonic() - started
+    results["targets"] = judge(results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bin/bench", description="Benchmark the relay, the app and recovery "
+                                     "(issue 6) against real processes and the fake Ollama.")
+    parser.add_argument("--quick", action="store_true", help="a tiny configuration, as the smoke test runs it")
+    parser.add_argument("--json", type=Path, default=Path("bench-results.json"),
+                        help="where to write the figures (default: %(default)s)")
+    parser.add_argument("--no-compression", action="store_true",
+                        help="tabs do not offer permessage-deflate (browsers do): shows what compression costs")
+    args = parser.parse_args(argv)
+    results = run(QUICK if args.quick else Config(), None if args.no_compression else "deflate")
+    results["quick"] = args.quick
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

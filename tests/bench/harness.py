@@ -1,0 +1,317 @@
+"""The benchmark's harness: its configuration, statistics, the fake Ollama in a process of its own, and the system
+under test with the session that drives it."""
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import zmq
+
+from services import protocol
+from services.protocol import ProtocolError
+from tests.fake_ollama import FakeOllama
+from tests.system import BusWatcher, Recorder, System, running
+from tests.bench.tabs import WAIT_S, Listener, is_final
+
+
+NO_RATE_LIMIT = {"ACTIONS_PER_S": "100000", "ACTION_BURST": "100000"}  # the web's action limit, once it has one
+HTTP_TIMEOUT_S = 10
+HISTORY_TODOS = 20
+POST_BUDGET_S = 0.1  # a todo POST's latency, generously: figure 5's reply must stream until the last one returns
+
+
+@dataclass(frozen=True)
+class Config:
+    relay_tokens: int = 600
+    relay_tokens_per_s: float = 100
+    action_samples: int = 30
+    first_token_delay_s: float = 0.05
+    throughput_tokens: int = 5_000
+    throughput_tokens_per_s: float = 10_000
+    fan_out_clients: int = 100
+    fan_out_tokens: int = 300
+    fan_out_tokens_per_s: float = 100
+    post_clients: int = 20
+    post_samples: int = 100
+    post_interval_s: float = 0.03
+    post_tokens_per_s: float = 100
+    history_sizes: tuple[int, ...] = (1_000, 10_000)
+    page_loads: int = 20
+    floor_messages: int = 3_000
+    floor_gap_s: float = 0.0005
+
+
+QUICK = Config(relay_tokens=40, relay_tokens_per_s=400, action_samples=3, throughput_tokens=300, fan_out_clients=5,
+               fan_out_tokens=20, fan_out_tokens_per_s=200, post_clients=3, post_samples=10,
+               history_sizes=(200, 1_000), page_loads=3, floor_messages=300)
+
+
+# statistics
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    """Nearest rank: the smallest value with at least p % of the samples at or below it."""
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def summary(values: list[float], scale: float = 1.0) -> dict:
+    ordered = sorted(v * scale for v in values)
+    if not ordered:
+        return {"n": 0, "p50": None, "p99": None, "max": None, "mean": None}
+    return {"n": len(ordered), "p50": percentile(ordered, 50), "p99": percentile(ordered, 99), "max": ordered[-1],
+            "mean": sum(ordered) / len(ordered)}
+
+
+def rate(times: list[float]) -> float | None:
+    """Events per second over the span from the first to the last."""
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
+
+
+# the fake Ollama, in a process of its own
+
+
+class NumberedReply:
+    """The fake's `reply` knob: `tokens` unique numbered tokens per reply, "r<reply>t<index> "."""
+
+    def __init__(self) -> None:
+        self.tokens = 3
+        self.replies = 0
+
+    def __call__(self, request: dict) -> list[str]:
+        self.replies += 1
+        return [f"r{self.replies}t{index:05d} " for index in range(self.tokens)]
+
+
+def serve_fake(conn) -> None:
+    """The child process: a FakeOllama driven by (command, argument) pairs from the benchmark over a pipe."""
+    reply = NumberedReply()
+    with FakeOllama() as fake:
+        fake.knobs.reply = reply
+        conn.send(fake.url)
+        while True:
+            try:
+                command, argument = conn.recv()
+            except EOFError:  # the benchmark is gone
+                return
+            if command == "knobs":
+                reply.tokens = argument.pop("tokens")
+                fake.knobs = replace(fake.knobs, **argument)  # a new object: a reply streaming keeps its own speed
+                conn.send(reply.replies)  # the next reply to start is the first with these knobs
+            elif command == "take_sent":
+                sent, fake.tokens_sent = fake.tokens_sent, []
+                conn.send(sent)
+            else:
+                conn.send(None)
+                return
+
+
+class FakeOllamaProcess:
+    """tests.fake_ollama.FakeOllama in a child process: `set()` its knobs, `take_sent()` what it wrote since."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=serve_fake, args=(child,), name="fake-ollama", daemon=True)
+        self._process.start()
+        child.close()
+        self.url = self._receive(WAIT_S)
+        self.pid = self._process.pid
+
+    def _receive(self, timeout_s: float):
+        try:
+            if self._conn.poll(timeout_s):
+                return self._conn.recv()
+        except EOFError:
+            raise RuntimeError("the fake Ollama process died (see its traceback above)") from None
+        raise TimeoutError(f"the fake Ollama process did not answer within {timeout_s} s")
+
+    def _ask(self, command: str, argument=None, timeout_s: float = WAIT_S):
+        self._conn.send((command, argument))
+        return self._receive(timeout_s)
+
+    def set(self, tokens: int, tokens_per_s: float = 0.0, first_token_delay_s: float = 0.0) -> int:
+        """Knobs for the replies that start from now on; returns how many replies were started before."""
+        return self._ask("knobs", {"tokens": tokens, "tokens_per_s": tokens_per_s,
+                                   "first_token_delay_s": first_token_delay_s})
+
+    def take_sent(self) -> dict[str, float]:
+        """Every token written since the last call: text → time.time() it was written, in the order written."""
+        return {text: written_at for written_at, text in self._ask("take_sent")}
+
+    def stop(self) -> None:
+        try:
+            self._ask("stop", timeout_s=5)
+        except (OSError, RuntimeError, TimeoutError):
+            pass
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+
+
+# the system under test
+
+
+class QuietWatcher(BusWatcher):
+    """tests.system.BusWatcher hearing only heartbeats and the journal, not every token: decoding 10,000 tokens/s
+    in this process would compete with the clients being timed (and Recorder.wait_for rescans on each one)."""
+
+    TOPICS = (protocol.LLM_STATUS, protocol.JOURNAL)
+
+    def __init__(self, address: str, topics: tuple[str, ...] = TOPICS) -> None:  # BusWatcher's, with a filter
+        self.messages = Recorder()
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.SUB)
+        for topic in topics:
+            self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
+        self._socket.connect(address)
+        self._running = True
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+
+class TokenTap(QuietWatcher):
+    """Every llm.token on the bus, as (time.time() received here, message): splits the relay overhead at the bus.
+    Only for a slow stream: at thousands of tokens a second it would compete with the clients being timed."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address, (protocol.LLM_TOKEN,))
+
+    def _run(self) -> None:  # BusWatcher._run, stamping each message as it arrives
+        while self._running:
+            if self._socket.poll(50):
+                frames = self._socket.recv_multipart()
+                received_at = time.time()
+                try:
+                    self.messages.add((received_at, protocol.decode(frames)))
+                except ProtocolError:
+                    pass
+
+    def segments(self, sent: dict[str, float], tab: dict[str, float]) -> dict:
+        """Per token: fake writes → worker publishes (its envelope's ts) → this SUB receives → the tab receives."""
+        seen = {message.data["text"]: (received_at, message.ts) for received_at, message in list(self.messages.items)}
+        both = [token for token in tab if token in seen and token in sent]
+        return {"fake_to_worker_publish_ms": summary([seen[t][1] - sent[t] for t in both], 1000),
+                "worker_publish_to_bus_sub_ms": summary([seen[t][0] - seen[t][1] for t in both], 1000),
+                "bus_sub_to_tab_ms": summary([tab[t] - seen[t][0] for t in both], 1000)}
+
+
+@contextmanager
+def bench_system(tmp_path: Path, ollama_url: str, respawn: bool = False) -> Iterator[System]:
+    """tests.system.running() with the worker ready and a QuietWatcher as `app.bus`. The process logs it prints at
+    the end are kept off stdout (the table goes there) and shown on stderr only if something failed; so while the
+    block runs, progress goes to stderr."""
+    printed = io.StringIO()
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    try:
+        with redirect_stdout(printed), running(tmp_path, ollama_url, respawn=respawn, **NO_RATE_LIMIT) as app:
+            app.bus.close()
+            app.bus = QuietWatcher(app.env["BUS_SUB_ADDR"])
+            app.bus.wait_for(protocol.LLM_STATUS, timeout_s=WAIT_S * 2, state="ready")
+            yield app
+    except BaseException:
+        sys.stderr.write(printed.getvalue())
+        raise
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc/PID/stat (fields 14 and 15, after the command name)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per(before: dict[str, float], after: dict[str, float], count: int, scale: float = 1e6) -> dict:
+    """CPU used by each process between two readings, per item (default: microseconds), over `count` items."""
+    return {name: (after[name] - before[name]) * scale / max(1, count) for name in before}
+
+
+STARTED = time.monotonic()
+
+
+def progress(text: str) -> None:
+    print(f"bench [{time.monotonic() - STARTED:5.1f} s]: {text}", file=sys.stderr, flush=True)
+
+
+# the live system: figures 1 to 7
+
+
+@dataclass
+class Streamed:
+    reply_id: str
+    post_sent_at: float  # time.time() just before the todo POST that caused the reply was sent
+    posted_at: float  # ... and when it returned
+    sent: dict[str, float]
+
+
+class Session:
+    """The running system, the fake, and an HTTP client: what every live figure uses."""
+
+    def __init__(self, app: System, fake: FakeOllamaProcess, compression: str | None) -> None:
+        self.app = app
+        self.fake = fake
+        self.compression = compression  # "deflate" as browsers offer it, or None
+        self.http = httpx.AsyncClient(base_url=app.url, timeout=HTTP_TIMEOUT_S, trust_env=False,
+                                      headers={"HX-Request": "true"})
+
+    async def listeners(self, count: int) -> list[Listener]:
+        return list(await asyncio.gather(*(Listener.open(self.app.ws_url, self.compression) for _ in range(count))))
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds used so far by each process taking part (the benchmark's own includes its clients)."""
+        pids = {"web": self.app.processes["web"].pid, "worker": self.app.worker_pid(),
+                "bus": self.app.processes["bus"].pid, "fake": self.fake.pid, "bench": os.getpid()}
+        return {name: cpu_s(pid) for name, pid in pids.items()}
+
+    def todo_count(self) -> int:
+        bus = self.app.bus
+        return len(bus.of_type(protocol.TODO_ADDED)) - len(bus.of_type(protocol.TODO_DELETED))
+
+    async def post_todo(self, title: str) -> float:
+        """Adds a todo; returns the time.time() at which the POST returned."""
+        response = await self.http.post("/todos", data={"title": title})
+        response.raise_for_status()
+        return time.time()
+
+    async def todo_seq(self, title: str) -> int:
+        message = await asyncio.to_thread(self.app.bus.wait_for, protocol.TODO_ADDED, WAIT_S, title=title)
+        return message.seq
+
+    async def reply_covering(self, seq: int, timeout_s: float) -> str:
+        """The id of the saved reply that covers journal entry `seq`: once it is saved, the worker is idle."""
+        message = await asyncio.to_thread(
+            self.app.bus.messages.wait_for,
+            lambda m: m.type == protocol.REPLY_SAVED and m.data["covers_seq"] >= seq, timeout_s,
+            f"a reply covering seq {seq}")
+        return message.data["reply_id"]
+
+    async def stream_reply(self, listeners: list[Listener], title: str, tokens: int, tokens_per_s: float = 0.0,
+                           first_token_delay_s: float = 0.0) -> Streamed:
+        """Adds a todo and waits until its comment (`tokens` tokens) is finished in every listener."""
+        self.fake.set(tokens, tokens_per_s, first_token_delay_s)
+        post_sent_at = time.time()
+        posted_at = await self.post_todo(title)
+        timeout_s = WAIT_S + first_token_delay_s + 3 * tokens / (tokens_per_s or 5_000)
+        reply_id = await self.reply_covering(await self.todo_seq(title), timeout_s)
+        await asyncio.gather(*(listener.wait_for(is_final(reply_id), WAIT_S) for listener in listeners))
+        return Streamed(reply_id, post_sent_at, posted_at, self.fake.take_sent())
+
+    async def close(self) -> None:
+        await self.http.aclose()
