@@ -11,6 +11,7 @@ from typing import AsyncIterator
 import httpx
 
 from services.config import Settings
+from services.text import valid_unicode
 
 STAT_FIELDS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
                "eval_duration")
@@ -165,12 +166,27 @@ def parse_line(line: str) -> Chunk:
     if not isinstance(obj, dict):
         raise OllamaError(f"Ollama sent an unexpected line: {line[:120]!r}")
     if "error" in obj:
-        raise OllamaError(f"Ollama reported an error mid-reply: {obj['error']}")
+        raise OllamaError(f"Ollama reported an error mid-reply: {valid_unicode(str(obj['error']))}")
     message = obj.get("message") or {}
+    if not isinstance(message, dict):
+        raise OllamaError(f"Ollama sent a chunk whose message is not an object: {line[:120]!r}")
+    # Everything below is published on the bus: a field of the wrong type counts as absent, text is made valid
+    # Unicode (JSON's \ud800 escape decodes to a lone surrogate, which msgpack refuses), and stats are numbers.
     return Chunk(
-        content=str(message.get("content") or ""),
-        thinking=str(message.get("thinking") or ""),
-        done=bool(obj.get("done")),
-        done_reason=str(obj.get("done_reason") or ""),
-        stats={key: obj[key] for key in STAT_FIELDS if key in obj},
+        content=_text(message.get("content")),
+        thinking=_text(message.get("thinking")),
+        done=obj.get("done") is True,
+        done_reason=_text(obj.get("done_reason")),
+        stats={key: obj[key] for key in STAT_FIELDS if _is_number(obj.get(key))},
     )
+
+
+def _text(value: object) -> str:
+    return valid_unicode(value) if isinstance(value, str) else ""
+
+
+def _is_number(value: object) -> bool:
+    # A bool is an int in Python, but not a count; an int beyond 64 bits does not fit msgpack.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, float) or -2**63 <= value < 2**64

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from services import config
-from llm_worker.ollama import OllamaClient, OllamaError
+from llm_worker.ollama import Chunk, OllamaClient, OllamaError, parse_line
 from tests.fake_ollama import FakeModel, FakeOllama
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -92,3 +92,31 @@ def test_a_slow_first_token_is_waited_for_but_a_stalled_stream_is_not():
         with pytest.raises(OllamaError, match="sent nothing for 0.5 s"):
             run(collect(client_for(fake, first_token_timeout_s=5, chunk_timeout_s=0.5)))
         fake.wait_for(lambda: fake.disconnects >= 1, 5, "the stalled stream to be closed")
+
+
+@pytest.mark.parametrize("line, expected", [
+    # JSON's "\ud800" escape decodes to a lone surrogate, which the bus cannot carry: it becomes U+FFFD
+    ('{"message": {"role": "assistant", "content": "hi \\ud800"}, "done": false}', Chunk(content="hi \ufffd")),
+    ('{"message": {"content": "", "thinking": "\\udfff"}, "done": false}', Chunk(thinking="\ufffd")),
+    ('{"message": {"content": 5, "thinking": ["x"]}, "done": false}', Chunk()),  # not text: absent
+    ('{"message": null, "done": false}', Chunk()),
+    ('{"message": {"content": ""}, "done": true, "done_reason": 7}', Chunk(done=True)),
+    ('{"message": {"content": ""}, "done": "yes"}', Chunk()),  # only a JSON true ends the reply
+    ('{"done": true, "eval_count": "12", "eval_duration": 1.5, "total_duration": true, "load_duration": {},'
+     ' "prompt_eval_count": 100000000000000000000000, "prompt_eval_duration": 42}',
+     Chunk(done=True, stats={"eval_duration": 1.5, "prompt_eval_duration": 42})),  # numbers a msgpack int holds
+])
+def test_odd_but_legal_chunks_parse_into_text_the_bus_can_carry(line, expected):
+    assert parse_line(line) == expected
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"message": "hi", "done": false}', "message is not an object"),
+    ('{"message": ["hi"], "done": false}', "message is not an object"),
+    ('{"error": "bad \\ud800 thing"}', "error mid-reply: bad \ufffd thing"),
+    ('[1, 2]', "unexpected line"),
+    ('{"message": ', "not JSON"),
+])
+def test_a_malformed_chunk_ends_the_reply_with_a_message_naming_it(line, message):
+    with pytest.raises(OllamaError, match=message):
+        parse_line(line)
