@@ -12,6 +12,13 @@ from typing import Iterator
 
 from services.protocol import REPLY_SAVED, Message
 
+# How long a statement waits for another connection's lock before raising "database is locked". The store runs on
+# the web's event loop, so sqlite's default of 5 s would freeze every tab; the web answers 503 instead (see
+# web/app.py), and the person retries.
+BUSY_TIMEOUT_S = 0.1
+# SQLite integers are signed 64-bit: no row has an id beyond this, and sqlite3 raises OverflowError binding one.
+MAX_INTEGER = 2**63 - 1
+
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS todos (
     id INTEGER PRIMARY KEY,
@@ -46,7 +53,7 @@ class Store:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "app.sqlite3"
         # Autocommit mode: transactions are opened explicitly by `transaction()`.
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL's usual pairing
@@ -57,10 +64,13 @@ class Store:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # A COMMIT that failed (busy) leaves the transaction open; after a full disk or an I/O error SQLite may
+            # already have rolled it back.
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -72,6 +82,8 @@ class Store:
         return [Todo(row["id"], row["title"], bool(row["done"])) for row in rows]
 
     def todo(self, todo_id: int) -> Todo | None:
+        if not 0 < todo_id <= MAX_INTEGER:  # ids count up from 1
+            return None
         row = self.db.execute("SELECT id, title, done FROM todos WHERE id = ?", (todo_id,)).fetchone()
         return Todo(row["id"], row["title"], bool(row["done"])) if row else None
 
@@ -106,6 +118,7 @@ class Store:
         return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]
 
     def entries_after(self, seq: int, limit: int) -> list[Message]:
+        seq = min(seq, MAX_INTEGER)  # a catch-up request may carry any 64-bit msgpack integer, unsigned too
         rows = self.db.execute("SELECT * FROM journal WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
         return [_message(row) for row in rows]
 

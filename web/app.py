@@ -4,26 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 from fasthtml.common import FastHTML, Li, Link, Meta, Script, to_xml
-from starlette.responses import HTMLResponse, Response
+from starlette.requests import HTTPConnection
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from services import curve, protocol
 from services.busclient import Publisher, Subscriber
 from services.config import Settings
+from services.text import is_valid_unicode, valid_unicode
 from store import Store, Todo
+from store.db import MAX_INTEGER
 from web.clients import Clients
 from web.components import (
     ChatForm, ChatHistory, ChatLog, Page, Status, TodoEditForm, TodoForm, TodoItem, TodoList, UserMessage, oob,
 )
-from web.guard import Guard, allowed_hosts
+from web.guard import RATE_LIMITED_HEADERS, Guard, allowed_hosts
 from web.journal import Journal
 from web.ratelimit import TokenBucket
 from web.relay import Relay
@@ -40,6 +45,7 @@ HTMX_CONFIG = {
         {"code": "[23]..", "swap": True},
         {"code": "422", "swap": True, "error": False},
         {"code": "429", "swap": True, "error": False},  # retargeted to #notice by the guard
+        {"code": "503", "swap": True, "error": False},  # retargeted to #notice too: see database_unavailable
         {"code": "[45]..", "swap": False, "error": True},
     ],
     # The page runs under a CSP without 'unsafe-eval' or inline styles: keep htmx from needing either.
@@ -62,12 +68,20 @@ HEADERS = (
 EMPTY_TODO_FORM = to_xml(TodoForm())
 EMPTY_CHAT_FORM = to_xml(ChatForm())
 
+log = logging.getLogger(__name__)
+
 
 class InputError(ValueError):
     """Input a person can fix; its message is shown next to the field."""
 
 
-def clean_text(text: str, what: str, limit: int) -> str:
+def clean_text(text: object, what: str, limit: int) -> str:
+    # A JSON body's values arrive as sent (12, true, [...]), and JSON's \ud800 escape makes a lone surrogate, which
+    # the bus and the page cannot carry: refuse both.
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be text.")
+    if not is_valid_unicode(text):
+        raise InputError(f"{what} is not valid Unicode: it contains a lone surrogate.")
     text = text.strip()
     if not text:
         raise InputError(f"{what} cannot be empty.")
@@ -76,9 +90,39 @@ def clean_text(text: str, what: str, limit: int) -> str:
     return text
 
 
+def shown(text: object) -> str:
+    """What a form re-rendered around its error may show of the refused value: always something the page can carry."""
+    return valid_unicode(text) if isinstance(text, str) else ""
+
+
 def invalid(component) -> HTMLResponse:
     """422 with the form re-rendered around its error: htmx swaps it in (see HTMX_CONFIG), nothing is stored."""
     return HTMLResponse(to_xml(component), status_code=422)
+
+
+def parse_seq(text: object) -> int:
+    """A journal seq from a query string: a whole number from 1 to the largest that SQLite holds."""
+    try:
+        seq = int(text) if isinstance(text, str) and text.isascii() and text.isdigit() else 0
+    except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+        seq = 0
+    if not 0 < seq <= MAX_INTEGER:
+        raise InputError(f"Expected a journal seq: a whole number from 1 to {MAX_INTEGER}.")
+    return seq
+
+
+async def database_unavailable(conn: HTTPConnection, error: sqlite3.OperationalError) -> Response | None:
+    """Any route's answer when the database is locked by another process, full, or failing: the transaction was
+    rolled back (see Store.transaction), so nothing was stored and the person can simply try again."""
+    log.warning("database unavailable (%s): %s", error.sqlite_errorname, error)
+    if conn.scope["type"] == "websocket":
+        return None  # the endpoint has already closed it (1011), and the tab reconnects by itself
+    if error.sqlite_errorname in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        message = "The database is busy; try again in a moment."
+    else:
+        message = f"The database could not be used ({error}): free some disk space for DATA_DIR, then try again."
+    # The notice area and retry hint of a rate-limited request: htmx shows the message there, not in the form.
+    return PlainTextResponse(message, 503, headers=RATE_LIMITED_HEADERS)
 
 
 def create_app(settings: Settings) -> FastHTML:
@@ -118,6 +162,7 @@ def create_app(settings: Settings) -> FastHTML:
         hx_ext="ws", ws_connect="/ws",  # every tab listens on one WebSocket; frames are out-of-band swaps
     )
     app.state.relay, app.state.clients, app.state.store = relay, clients, store
+    app.add_exception_handler(sqlite3.OperationalError, database_unavailable)
     app.add_middleware(Guard, hosts=allowed_hosts(settings.allowed_hosts, settings.web_port),
                        bucket=TokenBucket(settings.actions_per_s, settings.action_burst))
 
@@ -145,19 +190,26 @@ def create_app(settings: Settings) -> FastHTML:
         return ChatLog(chat_history(), list(relay.streaming.values()))
 
     @app.get("/chat/history")
-    async def earlier_chat(before: int):
-        return tuple(chat_history(before))
+    async def earlier_chat(before: str):  # parsed here: FastHTML's int cast answers 404 to "abc" and reads "" as 0
+        try:
+            seq = parse_seq(before)
+        except InputError as error:
+            return Response(str(error), status_code=400)
+        return tuple(chat_history(seq))
 
     @app.get("/")
     async def index():
         return Page(TodoList(store.todos()), chat_log(), relay.status)
 
+    # Text fields are read from the parsed body (`form: dict`), not as `title: str`: FastHTML's cast of a JSON
+    # value raises IndexError on an empty list, a 500 before the route could refuse it.
     @app.post("/todos")
-    async def add_todo(title: str = ""):
+    async def add_todo(form: dict):
+        title = form.get("title", "")
         try:
             title = clean_text(title, "A todo title", MAX_TITLE_CHARS)
         except InputError as error:
-            return invalid(TodoForm(title, str(error)))
+            return invalid(TodoForm(shown(title), str(error)))
         with journal.entry(protocol.TODO_ADDED) as data:
             todo = store.insert_todo(title)
             data.update(id=todo.id, title=todo.title)
@@ -186,14 +238,15 @@ def create_app(settings: Settings) -> FastHTML:
         return TodoEditForm(todo) if todo else Response("No such todo.", status_code=404)
 
     @app.put("/todos/{todo_id}")
-    async def edit_todo(todo_id: int, title: str = ""):
+    async def edit_todo(todo_id: int, form: dict):
         todo = store.todo(todo_id)
         if todo is None:
             return Response("No such todo.", status_code=404)
+        title = form.get("title", "")
         try:
             title = clean_text(title, "A todo title", MAX_TITLE_CHARS)
         except InputError as error:
-            return invalid(TodoEditForm(todo, title, str(error)))
+            return invalid(TodoEditForm(todo, shown(title), str(error)))
         if title != todo.title:
             edited = replace(todo, title=title)
             with journal.entry(protocol.TODO_EDITED) as data:
@@ -214,11 +267,12 @@ def create_app(settings: Settings) -> FastHTML:
         todo_deleted(todo.id)
 
     @app.post("/chat")
-    async def send_chat(text: str = ""):
+    async def send_chat(form: dict):
+        text = form.get("text", "")
         try:
             text = clean_text(text, "A message", MAX_MESSAGE_CHARS)
         except InputError as error:
-            return invalid(ChatForm(text, str(error)))
+            return invalid(ChatForm(shown(text), str(error)))
         with journal.entry(protocol.CHAT_SENT) as data:
             data.update(text=text)
         clients.broadcast(oob(UserMessage(journal.last_published), target="chat-log"))
