@@ -1,5 +1,6 @@
-"""`python -m llm_worker`: run the worker until SIGTERM/SIGINT; writes its pid to DATA_DIR/llm_worker.pid so a
-person (or a test) can restart it on purpose."""
+"""`python -m llm_worker`: run the worker until SIGTERM, SIGINT or SIGHUP. Where DATA_DIR exists (this machine runs
+the web too) it writes its pid to DATA_DIR/llm_worker.pid, so a person can restart it on purpose; a worker on
+another machine needs no DATA_DIR at all."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +9,7 @@ import signal
 import sys
 
 from services import config, logs
+from services.config import StartupError
 from llm_worker.worker import Worker
 
 PID_FILE = "llm_worker.pid"
@@ -16,7 +18,7 @@ PID_FILE = "llm_worker.pid"
 async def _run(settings: config.Settings) -> None:
     main_task = asyncio.current_task()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, main_task.cancel)
     try:
         await Worker(settings).run()
@@ -25,16 +27,25 @@ async def _run(settings: config.Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = config.load()
-    log = logs.setup("llm_worker", settings.log_level)
+    log = logs.setup("llm_worker")
+    try:
+        settings = config.load()
+    except StartupError as error:
+        log.error("%s", error)
+        return 2
+    logs.setup("llm_worker", settings.log_level)
     pid_file = settings.data_dir / PID_FILE
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{os.getpid()}\n")
+    if settings.data_dir.is_dir():
+        pid_file.write_text(f"{os.getpid()}\n")
     log.info("worker starting: Ollama at %s, model %s", settings.ollama_url, settings.ollama_model or "(best installed)")
     try:
         asyncio.run(_run(settings))
+    except StartupError as error:
+        log.error("%s", error)
+        return 2
     finally:
-        pid_file.unlink(missing_ok=True)
+        if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
+            pid_file.unlink(missing_ok=True)
     log.info("worker stopped")
     return 0
 

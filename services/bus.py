@@ -9,11 +9,12 @@ import threading
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from services import config, curve, logs
+from services import config, curve, instance, logs
 from services.busclient import HWM_MESSAGES, MAX_MESSAGE_BYTES
+from services.config import StartupError
 
 CONTROL_ADDR = "inproc://bus-control"
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}  # SIGHUP: the terminal honcho ran in was closed
 
 
 def _forward(frontend: zmq.Socket, backend: zmq.Socket, control: zmq.Socket) -> None:
@@ -21,38 +22,47 @@ def _forward(frontend: zmq.Socket, backend: zmq.Socket, control: zmq.Socket) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = config.load()
-    log = logs.setup("bus", settings.log_level)
+    log = logs.setup("bus")
     # Signals are taken synchronously with sigwait below. A handler that raises out of zmq.proxy only works when the
     # signal lands inside its poll call; one arriving mid-forward would be lost and the bus would ignore SIGTERM.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
+        settings = config.load()
+        logs.setup("bus", settings.log_level)
         for address in (settings.bus_pub_addr, settings.bus_sub_addr):
             curve.check_bind(address, settings.bus_keys_dir)
-    except curve.InsecureBindError as error:
+        lock = instance.hold_lock(settings, "bus")  # noqa: F841  held until the process ends
+        return serve(settings, log)
+    except StartupError as error:
         log.error("%s", error)
         return 2
+
+
+def serve(settings: config.Settings, log) -> int:
     context = zmq.Context()
-    authenticator = ThreadAuthenticator(context)
-    curve.allow_clients(authenticator, settings.bus_keys_dir)
     frontend = context.socket(zmq.XSUB)  # publishers connect here
     backend = context.socket(zmq.XPUB)  # subscribers connect here
     frontend.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     for sock in (frontend, backend):
-        curve.make_server(sock, settings.bus_keys_dir)
+        try:
+            curve.make_server(sock, settings.bus_keys_dir)
+        except StartupError:
+            context.destroy(linger=0)
+            raise
         sock.setsockopt(zmq.RCVHWM, HWM_MESSAGES)
         sock.setsockopt(zmq.SNDHWM, HWM_MESSAGES)
         sock.setsockopt(zmq.LINGER, 0)
+    authenticator = ThreadAuthenticator(context)
+    curve.allow_clients(authenticator, settings.bus_keys_dir)
     try:
         frontend.bind(settings.bus_pub_addr)
         backend.bind(settings.bus_sub_addr)
     except zmq.ZMQError as error:
-        log.error("cannot bind %s / %s: %s (is another bus running? set BUS_PUB_ADDR / BUS_SUB_ADDR)",
-                  settings.bus_pub_addr, settings.bus_sub_addr, error)
         if authenticator.is_alive():
             authenticator.stop()
         context.destroy(linger=0)
-        return 2
+        raise StartupError(f"cannot bind {settings.bus_pub_addr} / {settings.bus_sub_addr}: {error} (is something "
+                           "else using them? set BUS_PUB_ADDR / BUS_SUB_ADDR)") from None
     stopper = context.socket(zmq.PAIR)
     stopper.bind(CONTROL_ADDR)
     control = context.socket(zmq.PAIR)

@@ -1,4 +1,5 @@
-"""Reads the environment once, with the documented defaults (see .env.example)."""
+"""Reads the environment once, with the documented defaults (see .env.example). Bad values raise ConfigError with a
+message that names the variable, so a process can exit with one clear line instead of a traceback."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 DEFAULT_OLLAMA_PORT = 11434
+RUN_DIR = "run"  # under DATA_DIR, mode 0700: the default bus and journal sockets, and the instance locks
+IPC_PATH_MAX = 107  # sun_path is 108 bytes on Linux, with its terminating NUL
+
+
+class StartupError(RuntimeError):
+    """A process cannot start as configured; str() is the one line it logs before exiting with status 2."""
+
+
+class ConfigError(StartupError):
+    """A setting that does not parse or does not fit."""
 
 
 @dataclass(frozen=True)
@@ -26,11 +37,15 @@ class Settings:
     data_dir: Path
     bus_pub_addr: str  # publishers connect here (the bus binds XSUB)
     bus_sub_addr: str  # subscribers connect here (the bus binds XPUB)
-    bus_keys_dir: Path | None  # CURVE keys (see services/curve.py); None: plain sockets, loopback/ipc only
-    journal_addr: str  # the web's ROUTER answering catch-up requests
+    bus_keys_dir: Path | None  # CURVE keys (see services/curve.py); None: plain sockets, ipc:// only
+    journal_addr: str  # the web's ROUTER: catch-up and claims
     heartbeat_s: float
     history_window: int  # journal entries a cold-started worker asks for
     log_level: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / RUN_DIR
 
 
 def ollama_url(host: str) -> str:
@@ -53,28 +68,53 @@ def ollama_url(host: str) -> str:
     return f"{parts.scheme}://{hostname}:{parts.port or default_port}{parts.path.rstrip('/')}"
 
 
+def _number(env, name: str, default: str, kind: type, minimum: float = 0, maximum: float = float("inf")):
+    raw = env.get(name, "").strip() or default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
+    if not minimum <= value <= maximum:  # also refuses NaN
+        raise ConfigError(f"{name}={raw!r} must be between {minimum:g} and {maximum:g}")
+    return value
+
+
+def _address(env, name: str, run_dir: Path, socket_name: str) -> str:
+    """The configured address, or by default an ipc:// socket in DATA_DIR/run: private to this copy of the app
+    (two checkouts never meet) and unreachable from a browser, which can only speak TCP."""
+    address = env.get(name, "").strip() or f"ipc://{run_dir.resolve() / socket_name}"
+    if not address.startswith(("ipc://", "tcp://")):
+        raise ConfigError(f"{name}={address!r}: use ipc:///path or tcp://host:port")
+    if address.startswith("ipc://") and len(address.removeprefix("ipc://").encode()) > IPC_PATH_MAX:
+        raise ConfigError(f"{name}: the socket path {address.removeprefix('ipc://')!r} is longer than the "
+                          f"{IPC_PATH_MAX} bytes Linux allows: use a shorter DATA_DIR, or set {name}")
+    return address
+
+
 def load(environ: dict[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
+    data_dir = Path(env.get("DATA_DIR", "").strip() or "./data")
+    run_dir = data_dir / RUN_DIR
     return Settings(
         ollama_url=ollama_url(env.get("OLLAMA_HOST", "")),
         ollama_model=env.get("OLLAMA_MODEL", "").strip(),
-        num_ctx=int(env.get("OLLAMA_NUM_CTX", "4096")),
-        num_predict=int(env.get("OLLAMA_NUM_PREDICT", "512")),
-        connect_timeout_s=float(env.get("OLLAMA_CONNECT_TIMEOUT_S", "3")),
-        first_token_timeout_s=float(env.get("OLLAMA_FIRST_TOKEN_TIMEOUT_S", "300")),
-        chunk_timeout_s=float(env.get("OLLAMA_CHUNK_TIMEOUT_S", "60")),
-        web_host=env.get("WEB_HOST", "127.0.0.1"),
-        web_port=int(env.get("WEB_PORT", "5001")),
+        num_ctx=_number(env, "OLLAMA_NUM_CTX", "4096", int, 256),
+        num_predict=_number(env, "OLLAMA_NUM_PREDICT", "512", int, 1),
+        connect_timeout_s=_number(env, "OLLAMA_CONNECT_TIMEOUT_S", "3", float, 0.1),
+        first_token_timeout_s=_number(env, "OLLAMA_FIRST_TOKEN_TIMEOUT_S", "300", float, 0.1),
+        chunk_timeout_s=_number(env, "OLLAMA_CHUNK_TIMEOUT_S", "60", float, 0.1),
+        web_host=env.get("WEB_HOST", "").strip() or "127.0.0.1",
+        web_port=_number(env, "WEB_PORT", "5001", int, 1, 65535),
         allowed_hosts=[h.strip().lower() for h in env.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
                        if h.strip()],
-        actions_per_s=float(env.get("ACTIONS_PER_S", "20")),
-        action_burst=int(env.get("ACTION_BURST", "60")),
-        data_dir=Path(env.get("DATA_DIR", "./data")),
-        bus_pub_addr=env.get("BUS_PUB_ADDR", "tcp://127.0.0.1:5555"),
-        bus_sub_addr=env.get("BUS_SUB_ADDR", "tcp://127.0.0.1:5556"),
-        bus_keys_dir=Path(env["BUS_KEYS_DIR"]) if env.get("BUS_KEYS_DIR") else None,
-        journal_addr=env.get("JOURNAL_ADDR", "tcp://127.0.0.1:5557"),
-        heartbeat_s=float(env.get("HEARTBEAT_S", "1.0")),
-        history_window=int(env.get("HISTORY_WINDOW", "500")),
-        log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        actions_per_s=_number(env, "ACTIONS_PER_S", "20", float, 0.01),
+        action_burst=_number(env, "ACTION_BURST", "60", int, 1),
+        data_dir=data_dir,
+        bus_pub_addr=_address(env, "BUS_PUB_ADDR", run_dir, "bus-pub"),
+        bus_sub_addr=_address(env, "BUS_SUB_ADDR", run_dir, "bus-sub"),
+        bus_keys_dir=Path(env["BUS_KEYS_DIR"]) if env.get("BUS_KEYS_DIR", "").strip() else None,
+        journal_addr=_address(env, "JOURNAL_ADDR", run_dir, "journal"),
+        heartbeat_s=_number(env, "HEARTBEAT_S", "1.0", float, 0.05),
+        history_window=_number(env, "HISTORY_WINDOW", "500", int, 1),
+        log_level=env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO",
     )

@@ -16,7 +16,7 @@ import httpx
 import zmq
 from websockets.sync.client import connect as ws_connect
 
-from services import curve, protocol
+from services import config, curve, protocol
 from services.protocol import Message, ProtocolError
 from tests.fake_ollama import free_port
 
@@ -125,10 +125,7 @@ class System:
             "OLLAMA_MODEL": "",
             "WEB_HOST": "127.0.0.1",
             "WEB_PORT": str(self.web_port),
-            "DATA_DIR": str(self.data_dir),
-            "BUS_PUB_ADDR": f"tcp://127.0.0.1:{free_port()}",
-            "BUS_SUB_ADDR": f"tcp://127.0.0.1:{free_port()}",
-            "JOURNAL_ADDR": f"tcp://127.0.0.1:{free_port()}",
+            "DATA_DIR": str(self.data_dir),  # the bus and journal sockets default to ipc:// in it
             "HEARTBEAT_S": "0.5",
             "OLLAMA_CONNECT_TIMEOUT_S": "2",
             "OLLAMA_FIRST_TOKEN_TIMEOUT_S": "20",
@@ -136,6 +133,11 @@ class System:
             **overrides,
         }
         self.processes: dict[str, Process] = {}
+
+    @property
+    def settings(self) -> config.Settings:
+        """The settings every process of this instance reads (addresses included)."""
+        return config.load(self.env)
 
     @property
     def url(self) -> str:
@@ -266,7 +268,7 @@ def running(tmp_path: Path, ollama_url: str, respawn: bool = False, worker: bool
     try:
         app.start_bus()
         keys = app.env.get("BUS_KEYS_DIR")
-        app.bus = BusWatcher(app.env["BUS_SUB_ADDR"], Path(keys) if keys else None)
+        app.bus = BusWatcher(app.settings.bus_sub_addr, Path(keys) if keys else None)
         app.start_web()
         if worker:
             app.start_worker(respawn)

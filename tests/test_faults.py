@@ -160,7 +160,7 @@ def test_a_thousand_garbage_frames_leave_every_process_running(system, fake_olla
     rng = random.Random(1234)
     context = zmq.Context()
     rogue = context.socket(zmq.PUB)
-    rogue.connect(system.env["BUS_PUB_ADDR"])
+    rogue.connect(system.settings.bus_pub_addr)
     topics = [t.encode() for t in protocol.KNOWN_TYPES] + [b"journal.", b"llm.", b"", b"\xff\xfe"]
     bad_envelopes = [
         {"v": 2, "type": "llm.token", "src": "x", "ts": 1, "data": {}},
@@ -194,7 +194,7 @@ def test_a_thousand_garbage_frames_leave_every_process_running(system, fake_olla
 def test_a_done_sent_again_is_saved_once(system):
     context = zmq.Context()
     worker = context.socket(zmq.PUB)
-    worker.connect(system.env["BUS_PUB_ADDR"])
+    worker.connect(system.settings.bus_pub_addr)
     done = protocol.Message(protocol.LLM_DONE, {"reply_id": "rresent", "text": "once", "done_reason": "stop",
                                                 "covers_seq": 0, "model": "m", "stats": {}}, "llm_worker/test")
     try:

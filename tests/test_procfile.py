@@ -23,7 +23,7 @@ def test_honcho_runs_everything_and_survives_a_killed_worker(tmp_path, fake_olla
     honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-e", str(no_dotenv)],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)
-    bus = BusWatcher(app.env["BUS_SUB_ADDR"])
+    bus = BusWatcher(app.settings.bus_sub_addr)
     output = ""
     try:
         first = bus.wait_for("llm.status", timeout_s=20, state="ready")

@@ -203,7 +203,7 @@ def test_a_missing_model_is_reported_with_the_fix(tmp_path, fake_ollama):
 def test_malformed_bus_frames_are_dropped_and_nothing_crashes(system, fake_ollama):
     context = zmq.Context()
     rogue = context.socket(zmq.PUB)
-    rogue.connect(system.env["BUS_PUB_ADDR"])
+    rogue.connect(system.settings.bus_pub_addr)
     garbage = [
         [b"journal.todo.added", b"\xc1not msgpack"],
         [b"journal.todo.added", protocol.encode(protocol.Message("journal.todo.added", {}, "x", seq=1))[1][:-3]],

@@ -1,29 +1,53 @@
-"""`python -m web`: serve the app with uvicorn on WEB_HOST:WEB_PORT."""
+"""`python -m web`: serve the app with uvicorn on WEB_HOST:WEB_PORT. Exits with status 2 and one line naming the fix
+when it cannot start (a setting, the port, DATA_DIR, another web on the same DATA_DIR)."""
 from __future__ import annotations
 
+import errno
+import signal
+import socket
 import sys
 
 import uvicorn
 
-from services import config, logs
-from services.curve import InsecureBindError
+from services import config, instance, logs
+from services.config import StartupError
 from web.app import create_app
 
 SHUTDOWN_GRACE_S = 2  # open WebSockets get this long before uvicorn closes them; honcho kills at 5 s
 # No permessage-deflate: on loopback it saves bytes nobody pays for and costs ~35 µs of CPU per frame per tab.
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = config.load()
-    log = logs.setup("web", settings.log_level)
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the page's port here rather than in uvicorn, so a port in use is one clear line, not a traceback."""
     try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, reuse_port=False)
+    except socket.gaierror as error:
+        raise StartupError(f"WEB_HOST={host!r} is not an address of this machine ({error.strerror})") from None
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} on {host} is already in use (another copy of the app, or another "
+                               "program): set WEB_PORT to a free port") from None
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    log = logs.setup("web")
+    try:
+        settings = config.load()
+        logs.setup("web", settings.log_level)
+        lock = instance.hold_lock(settings, "web")  # noqa: F841  held until the process ends
         app = create_app(settings)
-    except InsecureBindError as error:
+        sock = listen(settings.web_host, settings.web_port)
+    except StartupError as error:
         log.error("%s", error)
         return 2
-    uvicorn.run(app, host=settings.web_host, port=settings.web_port, log_config=None,
-                timeout_graceful_shutdown=SHUTDOWN_GRACE_S, ws_max_size=64 * 1024, ws_per_message_deflate=False)
-    return 0
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_config=None, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, ws_max_size=64 * 1024,
+        ws_per_message_deflate=False))
+    signal.signal(signal.SIGHUP, server.handle_exit)  # the terminal was closed: end like on SIGTERM
+    server.run(sockets=[sock])
+    return 0 if server.started else 3
 
 
 if __name__ == "__main__":

@@ -139,8 +139,9 @@ def create_app(settings: Settings) -> FastHTML:
         curve.allow_clients(authenticator, settings.bus_keys_dir)
         journal.publisher = Publisher(settings.bus_pub_addr, src="web", keys_dir=settings.bus_keys_dir)
         subscriber = Subscriber(settings.bus_sub_addr, [protocol.LLM], context, settings.bus_keys_dir)
+        router = journal.bind(settings.journal_addr, context, settings.bus_keys_dir)
         tasks = [
-            asyncio.create_task(journal.serve_catchup(settings.journal_addr, context, settings.bus_keys_dir)),
+            asyncio.create_task(journal.serve_catchup(router)),
             asyncio.create_task(relay.run(subscriber)),
         ]
         try:

@@ -12,6 +12,7 @@ import zmq.asyncio
 
 from services import curve, protocol
 from services.busclient import LINGER_MS, DropLog, Publisher
+from services.config import StartupError
 from services.protocol import Message, ProtocolError
 from store import Store
 
@@ -45,11 +46,20 @@ class Journal:
             entries = self.store.entries_after(after, CATCHUP_PAGE)
         return protocol.encode_catchup_reply(entries, self.store.last_seq())
 
-    async def serve_catchup(self, address: str, context: zmq.asyncio.Context, keys_dir: Path | None) -> None:
+    @staticmethod
+    def bind(address: str, context: zmq.asyncio.Context, keys_dir: Path | None) -> zmq.asyncio.Socket:
+        """The ROUTER that workers ask; bound before the app starts serving, so a failure stops the start."""
         router = context.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, LINGER_MS)
         curve.make_server(router, keys_dir)
-        router.bind(address)
+        try:
+            router.bind(address)
+        except zmq.ZMQError as error:
+            router.close(linger=0)
+            raise StartupError(f"cannot bind the journal socket {address}: {error} (set JOURNAL_ADDR)") from None
+        return router
+
+    async def serve_catchup(self, router: zmq.asyncio.Socket) -> None:
         drops = DropLog()
         try:
             while True:

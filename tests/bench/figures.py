@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import zmq
 
-from services import protocol
+from services import config, protocol
 from store import Store
 from tests.fake_ollama import free_port
 from tests.system import Process, System
@@ -29,7 +29,7 @@ from tests.bench.tabs import (
 async def relay_overhead(session: Session, config: Config) -> dict:
     """Figures 1 and 6: one tab, one reply at a steady rate; per-token overhead, then the bytes it took."""
     [listener] = await session.listeners(1)
-    tap = TokenTap(session.app.env["BUS_SUB_ADDR"])
+    tap = TokenTap(session.app.settings.bus_sub_addr)
     try:
         streamed = await session.stream_reply([listener], "relay", config.relay_tokens, config.relay_tokens_per_s)
     finally:
@@ -307,14 +307,14 @@ def hop_s(publisher: zmq.Socket, subscriber: zmq.Socket, frames: list[bytes]) ->
 
 def zmq_floor(tmp_path: Path, messages: int, gap_s: float) -> dict:
     """Figure 9: one PUB → proxy (the project's bus process) → SUB hop, with a token-sized message."""
-    env = {**os.environ, "BUS_PUB_ADDR": f"tcp://127.0.0.1:{free_port()}",
-           "BUS_SUB_ADDR": f"tcp://127.0.0.1:{free_port()}", "LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "floor"), "LOG_LEVEL": "WARNING"}  # the default ipc bus
+    settings = config.load(env)
     bus = Process("floor-bus", [sys.executable, "-m", "services.bus"], env, tmp_path)
     context = zmq.Context()
     publisher, subscriber = context.socket(zmq.PUB), context.socket(zmq.SUB)
     subscriber.setsockopt(zmq.SUBSCRIBE, b"")
-    publisher.connect(env["BUS_PUB_ADDR"])
-    subscriber.connect(env["BUS_SUB_ADDR"])
+    publisher.connect(settings.bus_pub_addr)
+    subscriber.connect(settings.bus_sub_addr)
     frames = protocol.encode(protocol.Message(protocol.LLM_TOKEN, {"reply_id": "r0123456789ab", "index": 42,
                                                                    "text": "r1t00042 "}, src="llm_worker/01234567"))
     try:

@@ -217,7 +217,7 @@ def bench_system(tmp_path: Path, ollama_url: str, respawn: bool = False) -> Iter
     try:
         with redirect_stdout(printed), running(tmp_path, ollama_url, respawn=respawn, **NO_RATE_LIMIT) as app:
             app.bus.close()
-            app.bus = QuietWatcher(app.env["BUS_SUB_ADDR"])
+            app.bus = QuietWatcher(app.settings.bus_sub_addr)
             app.bus.wait_for(protocol.LLM_STATUS, timeout_s=WAIT_S * 2, state="ready")
             yield app
     except BaseException:
