@@ -36,18 +36,25 @@ class Conversation:
     def __init__(self) -> None:
         self.entries: deque[Message] = deque(maxlen=MAX_ENTRIES)
         self.last_seq = 0
-        self.answered_through = 0  # the highest seq a finished reply covers
+        self.saved_through = 0  # the highest seq a saved reply covers
+        self.own_unsaved: dict[str, int] = {}  # reply_id → covers_seq of own replies not saved yet
+
+    @property
+    def answered_through(self) -> int:
+        """The highest seq a reply covers, counting own replies not yet back from the journal."""
+        return max([self.saved_through, *self.own_unsaved.values()])
 
     def load_window(self, entries: list[Message], head_seq: int) -> None:
-        """Cold start: the recent window of the journal replaces whatever was known."""
+        """Cold start (or a new journal): the recent window of the journal replaces whatever was known."""
         self.entries.clear()
+        self.own_unsaved.clear()
         self.last_seq = entries[0].seq - 1 if entries else head_seq
-        self.answered_through = 0
+        self.saved_through = 0
         for entry in entries:
             self.apply(entry)
         self.last_seq = max(self.last_seq, head_seq)
         if not entries:
-            self.answered_through = head_seq  # an empty journal has nothing to answer
+            self.saved_through = head_seq  # an empty journal has nothing to answer
 
     def apply(self, entry: Message) -> Applied:
         if entry.seq <= self.last_seq:
@@ -57,8 +64,8 @@ class Conversation:
         self.last_seq = entry.seq
         if entry.type == protocol.REPLY_SAVED:
             self._replace_provisional(entry)
-            self.answered_through = max(self.answered_through, int(entry.data.get("covers_seq", 0)))
-        else:
+            self.saved_through = max(self.saved_through, int(entry.data.get("covers_seq", 0)))
+        elif entry.type not in protocol.CLAIM_TYPES:  # claims say who answers, they are not conversation
             self.entries.append(entry)
         return Applied.APPLIED
 
@@ -66,7 +73,15 @@ class Conversation:
         """The reply just finished (`done` is its llm.done data), before its journal entry comes back from the web:
         it counts as answered now, so nothing is answered twice, and is in the context of the next generation."""
         self._insert_reply(Message(type=protocol.REPLY_SAVED, data=done, src="llm_worker", seq=None))
-        self.answered_through = max(self.answered_through, done["covers_seq"])
+        self.own_unsaved[done["reply_id"]] = done["covers_seq"]
+
+    def forget_own_reply(self, token: object) -> None:
+        """The claim `token` ended before our reply under it was saved: it was never said, and its batch is
+        unanswered again."""
+        dropped = [e for e in self.entries if e.seq is None and e.data.get("token") == token]
+        for entry in dropped:
+            self.own_unsaved.pop(entry.data["reply_id"], None)
+            self.entries.remove(entry)
 
     def unsaved_replies(self, older_than_s: float) -> list[Message]:
         """Own replies whose journal entry has not come back after `older_than_s` seconds."""
@@ -74,6 +89,9 @@ class Conversation:
         return [e for e in self.entries if e.seq is None and e.ts < cutoff]
 
     def _replace_provisional(self, saved: Message) -> None:
+        if self.own_unsaved.pop(saved.data.get("reply_id"), None) is None:
+            self._insert_reply(saved)  # another worker's reply (or one from before this process started)
+            return
         for index, entry in enumerate(self.entries):
             if entry.seq is None and entry.data.get("reply_id") == saved.data.get("reply_id"):
                 self.entries[index] = saved
@@ -92,9 +110,9 @@ class Conversation:
     def next_batch(self) -> list[Message]:
         """What the next reply answers: every unanswered action up to and including the first unanswered chat
         message (which always gets its own reply), or, with no chat message waiting, all unanswered actions."""
-        batch = []
+        batch, answered = [], self.answered_through
         for entry in self.entries:
-            if entry.type == protocol.REPLY_SAVED or entry.seq <= self.answered_through:
+            if entry.type == protocol.REPLY_SAVED or entry.seq <= answered:
                 continue
             batch.append(entry)
             if entry.type == protocol.CHAT_SENT:

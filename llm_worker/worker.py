@@ -6,22 +6,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
+from contextlib import aclosing
 
-import zmq
 import zmq.asyncio
 
-from services import curve, protocol
+from services import protocol
 from services.busclient import Publisher, Subscriber
 from services.config import Settings
-from services.protocol import Message, ProtocolError
+from services.protocol import Message
+from services.tasks import supervised
+from services.text import MAX_REPLY_CHARS
 from llm_worker.conversation import Applied, Conversation
+from llm_worker.link import JournalLink
 from llm_worker.ollama import OllamaClient, OllamaError
 
-CATCHUP_TIMEOUT_S = 2.0
 IDLE_RESYNC_S = 5.0  # with no journal traffic for this long, ask the web anyway: recovers anything PUB dropped
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 10.0  # backoff while Ollama is failing; a new action retries at once
 RESEND_AFTER_S = 3.0  # a finished reply whose journal entry has not come back by then is sent again
+MAX_RESENDS = 5  # ... this many times at most
+OLD_CHECK_EVERY_S = 1.0  # live entries older than what we know make us ask the journal at most this often
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +44,23 @@ class Worker:
         self._last_error = ""
         self._model_checked = False  # chosen (or found installed) since the last failure
         self._retry_s = RETRY_MIN_S
+        self.journal_id = ""  # the journal we follow: another one means its data was reset
+        self._resync = asyncio.Event()  # a gap was seen while applying: catch up again
+        self.token: int | None = None  # the claim we answer under now
+        self._claim_lost = False
+        self._resends: dict[str, int] = {}  # reply_id → times its done was sent again
+        self._old_checked_at = 0.0
 
     async def run(self) -> None:
         context = zmq.asyncio.Context()
         keys = self.settings.bus_keys_dir
         self.publisher = Publisher(self.settings.bus_pub_addr, src=f"llm_worker/{self.worker_id}", keys_dir=keys)
         subscriber = Subscriber(self.settings.bus_sub_addr, [protocol.JOURNAL, protocol.CONTROL], context, keys)
+        self.link = JournalLink(self.settings, context, self.worker_id)
         self.ollama = OllamaClient(self.settings)
-        tasks = [asyncio.create_task(coroutine) for coroutine in
-                 (self._heartbeat(), self._follow_journal(subscriber, context), self._answer())]
+        tasks = [supervised("heartbeat", self._heartbeat),
+                 supervised("journal follower", lambda: self._follow_journal(subscriber)),
+                 supervised("answerer", self._answer)]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -58,57 +71,61 @@ class Worker:
             self._set_state("restarting", "the assistant process is restarting")
             await self.ollama.close()  # closes any open stream, so Ollama stops generating
             subscriber.close()
+            self.link.close()  # the web sees it close and frees a claim we held at once
             self.publisher.close()
             context.term()
 
     # following the journal
 
-    async def _follow_journal(self, subscriber: Subscriber, context: zmq.asyncio.Context) -> None:
+    async def _follow_journal(self, subscriber: Subscriber) -> None:
         # Subscribed first, then the snapshot: live entries at or below its seq are dropped by Conversation.apply.
-        await self._catch_up(context, after=None)
+        await self._catch_up(after=None)
         while True:
             message = await subscriber.receive(timeout_s=IDLE_RESYNC_S)
             if message is None:
-                await self._catch_up(context, after=self.conversation.last_seq)
+                await self._catch_up(after=self.conversation.last_seq)
             elif message.type == protocol.STOP:
                 self._stop()
-            elif self.conversation.apply(message) is Applied.GAP:
-                log.info("gap after seq %d (got %d): catching up", self.conversation.last_seq, message.seq)
-                await self._catch_up(context, after=self.conversation.last_seq)
+            else:
+                self._apply(message, live=True)
+                if self._resync.is_set():
+                    await self._catch_up(after=self.conversation.last_seq)
             self._wake.set()
 
-    async def _catch_up(self, context: zmq.asyncio.Context, after: int | None) -> None:
-        """Ask the web's journal for entries after `after` (None: the recent window) until we reach its head."""
+    def _apply(self, entry: Message, live: bool = False) -> None:
+        applied = self.conversation.apply(entry)
+        if applied is Applied.GAP:
+            log.info("gap after seq %d (got %d): catching up", self.conversation.last_seq, entry.seq)
+            self._resync.set()
+        elif applied is Applied.OLD and live and time.monotonic() - self._old_checked_at > OLD_CHECK_EVERY_S:
+            # A seq we have passed: the overlap after a catch-up, or a journal that started over (its data was
+            # reset). Asking once tells which; the overlap is common, so not for every such entry.
+            self._old_checked_at = time.monotonic()
+            self._resync.set()
+        elif applied is Applied.APPLIED and entry.type == protocol.CLAIM_ENDED:
+            self._claim_ended(entry.data.get("token"))
+
+    async def _catch_up(self, after: int | None) -> None:
+        """Ask the web's journal for entries after `after` (None: the recent window) until we reach its head. A
+        different journal (the web's data was reset), or a head below what we know, means starting over from it."""
         while True:
-            entries, head = await self._request_journal(context, after)
-            if after is None:
+            self._resync.clear()
+            entries, head, journal_id = await self.link.catchup(after)
+            if after is None or journal_id != self.journal_id or head < self.conversation.last_seq:
+                if after is not None:
+                    log.warning("the journal was replaced (id %s, head %d): rebuilding from it", journal_id, head)
+                    entries, head, journal_id = await self.link.catchup(None)
+                self.journal_id = journal_id
                 self.conversation.load_window(entries, head)
             else:
                 for entry in entries:
-                    self.conversation.apply(entry)
+                    self._apply(entry)
             after = self.conversation.last_seq
-            if not entries or after >= head:
+            if not self._resync.is_set() and (not entries or after >= head):
                 break
         if not self.synced.is_set():
             log.info("caught up at seq %d; answered through %d", after, self.conversation.answered_through)
             self.synced.set()
-
-    async def _request_journal(self, context: zmq.asyncio.Context, after: int | None) -> tuple[list[Message], int]:
-        # A fresh DEALER per attempt (the zguide's Lazy Pirate): a request stuck in a dead connection is dropped.
-        while True:
-            dealer = context.socket(zmq.DEALER)
-            curve.make_client(dealer, self.settings.bus_keys_dir)
-            dealer.connect(self.settings.journal_addr)
-            try:
-                await dealer.send(protocol.encode_catchup_request(after))
-                if await dealer.poll(int(CATCHUP_TIMEOUT_S * 1000)):
-                    return protocol.decode_catchup_reply(await dealer.recv())
-                log.warning("the web's journal did not answer within %g s; retrying", CATCHUP_TIMEOUT_S)
-            except ProtocolError as error:
-                log.warning("bad catch-up reply dropped: %s", error)
-                await asyncio.sleep(CATCHUP_TIMEOUT_S)  # a misbehaving peer: do not spin
-            finally:
-                dealer.close(linger=0)
 
     # answering
 
@@ -119,22 +136,31 @@ class Worker:
             batch = self.conversation.next_batch()
             # While offline, try once anyway if the person has not been told why in the chat yet.
             if batch and (self.state != "offline" or self.reason != self._last_error):
-                self._generation = asyncio.create_task(self._generate(batch))
-                try:
-                    await self._generation
-                finally:
-                    self._generation = None
-                continue
+                token, reason = await self.link.claim(batch[-1].seq)
+                if token is not None:
+                    await self._answer_under(token, batch)
+                    continue
+                log.debug("not answering through seq %d: %s", batch[-1].seq, reason)
             try:
                 # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancel (shutdown would hang).
                 async with asyncio.timeout(self._retry_s if self.state == "offline" else None):
-                    await self._wake.wait()
+                    await self._wake.wait()  # a journal entry: new actions, a saved reply, a claim that ended
                 self._wake.clear()
             except asyncio.TimeoutError:
                 pass
             if self.state == "offline":
                 await self._probe()
                 self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)  # reset only by a reply that succeeds
+
+    async def _answer_under(self, token: int, batch: list[Message]) -> None:
+        self.token, self._claim_lost = token, False
+        self._generation = asyncio.create_task(self._generate(batch, token))
+        try:
+            await self._generation
+        finally:
+            if not self._generation.done():
+                self._generation.cancel()  # shutting down
+            self._generation, self.token = None, None
 
     async def _probe(self) -> None:
         """Is Ollama up (and the model known)? Updates the status; a failed reply is then retried by the caller."""
@@ -146,43 +172,57 @@ class Worker:
         self._model_checked = True
         self._set_state("ready")
 
-    async def _generate(self, batch: list[Message]) -> None:
+    async def _generate(self, batch: list[Message], token: int) -> None:
         reply_id = "r" + uuid.uuid4().hex[:12]
         covers_seq = batch[-1].seq
         parts: list[str] = []
         done_reason = "stop"
         self._stop_requested = False
         self._set_state("thinking")
-        self._publish(protocol.LLM_START, reply_id=reply_id, covers_seq=covers_seq, answers=[e.seq for e in batch])
+        self._publish(protocol.LLM_START, reply_id=reply_id, token=token, covers_seq=covers_seq,
+                      answers=[e.seq for e in batch])
         try:
             if not self._model_checked:
                 self.model = await self.ollama.choose_model()
                 self._model_checked = True
             messages = self.conversation.prompt(covers_seq, self.settings.num_ctx - self.settings.num_predict)
-            async for chunk in self.ollama.chat(self.model, messages):
-                if chunk.content:  # thinking chunks are not the reply: they are not shown
-                    self._publish(protocol.LLM_TOKEN, reply_id=reply_id, index=len(parts), text=chunk.content)
-                    parts.append(chunk.content)
-                if chunk.done:
-                    done_reason, stats = chunk.done_reason or "stop", chunk.stats
+            length = 0
+            async with aclosing(self.ollama.chat(self.model, messages)) as chunks:  # closing it stops Ollama
+                async for chunk in chunks:
+                    if chunk.content:  # thinking chunks are not the reply: they are not shown
+                        content = chunk.content[:MAX_REPLY_CHARS - length]
+                        self._publish(protocol.LLM_TOKEN, reply_id=reply_id, token=token, index=len(parts),
+                                      text=content)
+                        parts.append(content)
+                        length += len(content)
+                    if chunk.done:
+                        done_reason, stats = chunk.done_reason or "stop", chunk.stats
+                    elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
+                        done_reason, stats = "length", {}
+                        break
         except OllamaError as error:
-            self._fail(reply_id, str(error))
+            self._fail(reply_id, token, str(error))
             return
         except asyncio.CancelledError:
+            if self._claim_lost:
+                log.warning("claim %d lapsed mid-reply (frozen or cut off?): abandoning reply %s", token, reply_id)
+                self._set_state("ready")
+                return
             if not self._stop_requested:
-                raise  # shutting down: the reply stays unanswered and is regenerated by the next worker
+                raise  # shutting down: the reply stays unanswered and another worker answers it
             done_reason, stats = "stopped", {}
-        done = {"reply_id": reply_id, "text": "".join(parts), "done_reason": done_reason, "covers_seq": covers_seq,
-                "model": self.model, "stats": stats}
+        done = {"reply_id": reply_id, "token": token, "text": "".join(parts), "done_reason": done_reason,
+                "covers_seq": covers_seq, "model": self.model, "stats": stats}
         self._publish(protocol.LLM_DONE, **done)
         self.conversation.add_own_reply(done)
         self._last_error, self._retry_s = "", RETRY_MIN_S
         self._set_state("ready")
 
-    def _fail(self, reply_id: str, message: str) -> None:
+    def _fail(self, reply_id: str, token: int, message: str) -> None:
         log.warning("reply %s failed: %s", reply_id, message)
         # One message per distinct failure: retries of the same outage stay quiet; the status shows it instead.
-        self._publish(protocol.LLM_ERROR, reply_id=reply_id, message=message,
+        # The web frees the claim on it: this worker retries with backoff, or another one takes the batch.
+        self._publish(protocol.LLM_ERROR, reply_id=reply_id, token=token, message=message,
                       repeated=message == self._last_error)
         self._last_error = message
         self._model_checked = False
@@ -193,20 +233,38 @@ class Worker:
             self._stop_requested = True
             self._generation.cancel()
 
+    def _claim_ended(self, token: object) -> None:
+        """The web ended a claim (its holder missed heartbeats or its connection closed). If it was ours, we were
+        frozen or cut off: whatever we were saying under it will be dropped, so stop saying it."""
+        if token == self.token and self._generation is not None and not self._generation.done():
+            self._claim_lost = True
+            self._generation.cancel()
+        self.conversation.forget_own_reply(token)
+
     # status
 
     async def _heartbeat(self) -> None:
         while True:
+            self.link.heartbeat()
             self._publish_status()
             self._resend_unsaved()
             await asyncio.sleep(self.settings.heartbeat_s)
 
     def _resend_unsaved(self) -> None:
         """A `done` is lost if the bus or the web was down when it was sent; until its journal entry comes back,
-        send it again (the web saves a reply_id only once)."""
+        send it again (the web saves a reply_id only once), but not forever: a database that stays unwritable
+        must not make this worker shout into the bus for good."""
         for reply in self.conversation.unsaved_replies(older_than_s=RESEND_AFTER_S):
-            log.info("reply %s not saved yet; sending its done again", reply.data["reply_id"])
-            self._publish(protocol.LLM_DONE, **reply.data)
+            reply_id = reply.data["reply_id"]
+            tries = self._resends[reply_id] = self._resends.get(reply_id, 0) + 1
+            if tries <= MAX_RESENDS:
+                log.info("reply %s not saved yet; sending its done again (%d/%d)", reply_id, tries, MAX_RESENDS)
+                self._publish(protocol.LLM_DONE, **reply.data)
+                continue
+            del self._resends[reply_id]
+            self.conversation.forget_own_reply(reply.data["token"])
+            self._fail(reply_id, reply.data["token"], f"The reply could not be saved after {MAX_RESENDS} tries "
+                       "(is the web's database full or locked?); it will be asked again.")
 
     def _set_state(self, state: str, reason: str = "") -> None:
         if (state, reason) != (self.state, self.reason):
@@ -214,9 +272,9 @@ class Worker:
             self._publish_status()  # changes are shown at once, not at the next beat
 
     def _publish_status(self) -> None:
-        self._publish(protocol.LLM_STATUS, worker_id=self.worker_id, state=self.state, reason=self.reason,
+        self._publish(protocol.LLM_STATUS, state=self.state, reason=self.reason,
                       model=self.model, ollama_url=self.settings.ollama_url, last_seq=self.conversation.last_seq,
                       pid=os.getpid())
 
     def _publish(self, kind: str, **data) -> None:
-        self.publisher.publish(kind, data)
+        self.publisher.publish(kind, {"worker_id": self.worker_id, **data})  # the web hears only the claim holder

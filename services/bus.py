@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup("bus", settings.log_level)
         for address in (settings.bus_pub_addr, settings.bus_sub_addr):
             curve.check_bind(address, settings.bus_keys_dir)
-        lock = instance.hold_lock(settings, "bus")  # noqa: F841  held until the process ends
-        return serve(settings, log)
+        with instance.hold_lock(settings, "bus"):
+            return serve(settings, log)
     except StartupError as error:
         log.error("%s", error)
         return 2

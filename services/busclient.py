@@ -27,15 +27,16 @@ log = logging.getLogger(__name__)
 
 
 class DropLog:
-    """Logs the first malformed frame and then every hundredth, so a flood of garbage cannot flood the log."""
+    """Logs the first dropped message and then every hundredth, so a flood of garbage cannot flood the log."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "malformed bus message") -> None:
+        self.what = what
         self.count = 0
 
     def record(self, error: Exception) -> None:
         self.count += 1
         if self.count == 1 or self.count % DROP_LOG_EVERY == 0:
-            log.warning("dropped malformed bus message (%d so far): %s", self.count, error)
+            log.warning("dropped %s (%d so far): %s", self.what, self.count, error)
 
 
 class Publisher:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import Iterator
 
 from services.config import Settings, StartupError
 
@@ -30,9 +31,10 @@ def private_run_dir(settings: Settings) -> Path:
     return run_dir
 
 
-def hold_lock(settings: Settings, process: str) -> IO:
-    """Take DATA_DIR/run/<process>.lock for the life of this process (the kernel releases it however we end).
-    Keep the returned file open."""
+@contextmanager
+def hold_lock(settings: Settings, process: str) -> Iterator[None]:
+    """`with hold_lock(settings, "web"):` holds DATA_DIR/run/web.lock for the block (the kernel releases it however
+    the process ends), or raises AlreadyRunning naming the holder's pid."""
     path = private_run_dir(settings) / f"{process}.lock"
     lock_file = open(path, "a+")
     try:
@@ -43,7 +45,8 @@ def hold_lock(settings: Settings, process: str) -> IO:
         lock_file.close()
         raise AlreadyRunning(f"another {process} is already running on DATA_DIR={settings.data_dir.resolve()} "
                              f"(pid {holder}): stop it, or give this copy its own DATA_DIR and WEB_PORT") from None
-    lock_file.truncate(0)
-    lock_file.write(f"{os.getpid()}\n")
-    lock_file.flush()
-    return lock_file
+    with lock_file:
+        lock_file.truncate(0)
+        lock_file.write(f"{os.getpid()}\n")
+        lock_file.flush()
+        yield

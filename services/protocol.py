@@ -17,10 +17,34 @@ dot-separated parts, so no topic is a prefix of another by accident:
     control.<verb>          requests that are not history (web → worker)
     llm.<event>             the worker's output and heartbeat (worker → all)
 
-Journal catch-up (worker DEALER → web ROUTER, one frame each way):
+Requests to the web's journal (worker DEALER → web ROUTER, one frame each way, matched by `request_id`; the
+DEALER stays connected for the worker's life, so the web sees a killed worker's connection close):
 
-    request  msgpack {"v": PROTOCOL_VERSION, "after": <seq or None for the recent window>}
-    reply    msgpack {"v": PROTOCOL_VERSION, "entries": [<envelope>, ...], "last_seq": <int>}
+    catch-up  {"v", "op": "catchup", "request_id", "after": <seq or None for the recent window>}
+           →  {"v", "op": "catchup", "request_id", "journal_id", "entries": [<envelope>, ...], "last_seq": <int>}
+    claim     {"v", "op": "claim", "request_id", "worker_id", "covers_seq": <int>}
+           →  {"v", "op": "claim", "request_id", "token": <int or None>, "reason": <why not, if None>}
+    heartbeat {"v", "op": "heartbeat", "request_id", "worker_id"}        (no reply; every HEARTBEAT_S)
+
+Several workers, one answer (the journal is the one sequencer; web/claims.py keeps the rules):
+
+- A worker answers a batch only under a claim. It asks with the batch's last seq (`covers_seq`); the web grants
+  at most one claim at a time, only for a batch not answered yet (answered < covers_seq <= head), and writes the
+  grant to the journal as `journal.claim.granted` {worker_id, covers_seq}. The entry's seq is the claim's fencing
+  token: it only grows, also across restarts of the web.
+- Every llm.start / token / done / error carries `worker_id` and `token`. The web relays and saves them only while
+  that token is the current claim and the sender its holder; anything else (a frozen worker that lost its claim, a
+  late frame delivered by a restarted bus, a forged message) is dropped and logged. The saved
+  `journal.reply.saved` carries the token and ends the claim.
+- The claim's lease is its holder's heartbeat, sent on this direct link every HEARTBEAT_S (as well as llm.status
+  on the bus, which the link does not depend on: a restarting bus is no reason to fail over). After
+  MISSED_HEARTBEATS without one the claim lapses; it also lapses within milliseconds when the holder's DEALER connection closes (a killed
+  process). The web then writes `journal.claim.ended` {token, worker_id, reason}; every worker sees it, the holder
+  (if it is alive after all) abandons the reply, and the others ask for the claim again: the first to ask gets it.
+- A failed reply (llm.error from the holder) ends the claim without an entry; the holder retries with backoff.
+- Each request is answered by request_id, so a reply that arrives after its request timed out is ignored.
+- `journal_id` names the database the journal lives in: a worker that sees a different one (the web's data was
+  reset) forgets what it knew and rebuilds from the new journal.
 """
 from __future__ import annotations
 
@@ -30,7 +54,7 @@ from typing import Any
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 JOURNAL = "journal."
 TODO_ADDED = "journal.todo.added"
@@ -39,6 +63,8 @@ TODO_EDITED = "journal.todo.edited"
 TODO_DELETED = "journal.todo.deleted"
 CHAT_SENT = "journal.chat.sent"
 REPLY_SAVED = "journal.reply.saved"
+CLAIM_GRANTED = "journal.claim.granted"
+CLAIM_ENDED = "journal.claim.ended"
 
 CONTROL = "control."
 STOP = "control.stop"
@@ -51,7 +77,8 @@ LLM_ERROR = "llm.error"
 LLM_STATUS = "llm.status"
 
 TODO_ACTIONS = (TODO_ADDED, TODO_TOGGLED, TODO_EDITED, TODO_DELETED)
-JOURNAL_TYPES = (*TODO_ACTIONS, CHAT_SENT, REPLY_SAVED)
+CLAIM_TYPES = (CLAIM_GRANTED, CLAIM_ENDED)
+JOURNAL_TYPES = (*TODO_ACTIONS, CHAT_SENT, REPLY_SAVED, *CLAIM_TYPES)
 KNOWN_TYPES = frozenset((*JOURNAL_TYPES, STOP, LLM_START, LLM_TOKEN, LLM_DONE, LLM_ERROR, LLM_STATUS))
 
 
@@ -109,33 +136,53 @@ def decode(frames: list[bytes]) -> Message:
     return message
 
 
-def encode_catchup_request(after: int | None) -> bytes:
-    return msgpack.packb({"v": PROTOCOL_VERSION, "after": after})
+OP_CATCHUP, OP_CLAIM, OP_HEARTBEAT = "catchup", "claim", "heartbeat"
+REQUEST_FIELDS = {  # each op's fields and their types, besides v, op and request_id
+    OP_CATCHUP: {"after": (int, type(None))},
+    OP_CLAIM: {"worker_id": (str,), "covers_seq": (int,)},
+    OP_HEARTBEAT: {"worker_id": (str,)},
+}
 
 
-def decode_catchup_request(frame: bytes) -> int | None:
+def _unpack(frame: bytes, what: str) -> dict:
     try:
-        request = msgpack.unpackb(frame)
-    except Exception as error:
-        raise ProtocolError(f"catch-up request is not msgpack: {error}") from None
-    if not isinstance(request, dict) or request.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError("catch-up request has no supported version")
-    after = request.get("after")
-    if after is not None and type(after) is not int:
-        raise ProtocolError("catch-up request 'after' must be an integer or nil")
-    return after
+        obj = msgpack.unpackb(frame)
+    except Exception as error:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"{what} is not msgpack: {error}") from None
+    if not isinstance(obj, dict) or obj.get("v") != PROTOCOL_VERSION or type(obj.get("request_id")) is not int:
+        raise ProtocolError(f"{what} has no supported version or request_id")
+    return obj
 
 
-def encode_catchup_reply(entries: list[Message], last_seq: int) -> bytes:
-    return msgpack.packb({"v": PROTOCOL_VERSION, "entries": [e.envelope() for e in entries], "last_seq": last_seq})
+def encode_request(op: str, request_id: int, **fields) -> bytes:
+    return msgpack.packb({"v": PROTOCOL_VERSION, "op": op, "request_id": request_id, **fields})
 
 
-def decode_catchup_reply(frame: bytes) -> tuple[list[Message], int]:
-    try:
-        reply = msgpack.unpackb(frame)
-    except Exception as error:
-        raise ProtocolError(f"catch-up reply is not msgpack: {error}") from None
-    if not isinstance(reply, dict) or reply.get("v") != PROTOCOL_VERSION or type(reply.get("last_seq")) is not int:
+def decode_request(frame: bytes) -> dict:
+    """A request to the journal, with exactly its op's fields of the right types (bool is not an int here)."""
+    request = _unpack(frame, "journal request")
+    fields = REQUEST_FIELDS.get(request.get("op"))
+    if fields is None:
+        raise ProtocolError(f"unknown journal request {request.get('op')!r}")
+    for name, types in fields.items():
+        if type(request.get(name)) not in types:
+            raise ProtocolError(f"journal request {request['op']}: {name!r} must be {types[0].__name__}")
+    return request
+
+
+def encode_reply(op: str, request_id: int, **fields) -> bytes:
+    return encode_request(op, request_id, **fields)
+
+
+def decode_reply(frame: bytes) -> dict:
+    return _unpack(frame, "journal reply")
+
+
+def catchup_entries(reply: dict) -> tuple[list[Message], int, str]:
+    """The entries, head seq and journal id of a catch-up reply, validated."""
+    if type(reply.get("last_seq")) is not int or not isinstance(reply.get("journal_id"), str):
         raise ProtocolError("catch-up reply is malformed")
-    entries = [from_envelope(e) for e in reply.get("entries") or []]
-    return entries, reply["last_seq"]
+    entries = reply.get("entries")
+    if not isinstance(entries, list):
+        raise ProtocolError("catch-up reply has no entry list")
+    return [from_envelope(e) for e in entries], reply["last_seq"], reply["journal_id"]

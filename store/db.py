@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ CREATE TABLE IF NOT EXISTS journal (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS journal_type_seq ON journal (type, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS journal_reply_id ON journal (json_extract(data, '$.reply_id'))
     WHERE type = '{REPLY_SAVED}';
 """
@@ -58,6 +60,9 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; WAL's usual pairing
         self.db.executescript(SCHEMA)
+        # The journal's identity, made with the database: a worker that sees another one rebuilds what it knows.
+        self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_id', ?)", (uuid.uuid4().hex,))
+        self.journal_id = self.db.execute("SELECT value FROM meta WHERE key = 'journal_id'").fetchone()[0]
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -135,6 +140,11 @@ class Store:
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = self.db.execute(f"SELECT * FROM journal {where} ORDER BY seq DESC LIMIT ?", (*params, limit)).fetchall()
         return [_message(row) for row in reversed(rows)]
+
+    def last_of(self, kinds: tuple[str, ...]) -> Message | None:
+        """The newest entry of any of these types (the claims' state is rebuilt from these at start)."""
+        found = self.recent_entries(1, kinds)
+        return found[0] if found else None
 
 
 def _message(row: sqlite3.Row) -> Message:

@@ -81,10 +81,10 @@ def kill_tree(pid: int) -> None:
 
 
 class Process:
-    def __init__(self, name: str, args: list[str], env: dict, log_dir: Path) -> None:
+    def __init__(self, name: str, args: list[str], env: dict, log_dir: Path, cwd: Path = ROOT) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
-        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(self.log_path, "ab"),
+        self.popen = subprocess.Popen(args, cwd=cwd, env=env, stdout=open(self.log_path, "ab"),
                                       stderr=subprocess.STDOUT, start_new_session=True)
 
     @property
@@ -160,9 +160,14 @@ class System:
         self.wait_for_web(process)
         return process
 
-    def start_worker(self, respawn: bool = False) -> Process:
+    def start_worker(self, respawn: bool = False, name: str = "worker") -> Process:
         command = [sys.executable, "-m", "llm_worker"]
-        return self.start("worker", *(["sh", str(ROOT / "bin" / "respawn")] if respawn else []), *command)
+        return self.start(name, *(["sh", str(ROOT / "bin" / "respawn")] if respawn else []), *command)
+
+    def worker_of(self, worker_id: str) -> Process:
+        """The worker process whose heartbeats carry this worker_id."""
+        pid = self.bus.wait_for("llm.status", worker_id=worker_id).data["pid"]
+        return next(p for p in self.processes.values() if p.pid == pid or pid in descendants(p.pid))
 
     def start_all(self) -> "System":
         self.start_bus()
@@ -259,10 +264,10 @@ class Tab:
 
 
 @contextmanager
-def running(tmp_path: Path, ollama_url: str, respawn: bool = False, worker: bool = True,
+def running(tmp_path: Path, ollama_url: str, respawn: bool = False, worker: bool = True, workers: int = 1,
             **overrides: str) -> Iterator[System]:
-    """Bus, web and (unless worker=False) the worker, with `app.bus` watching the bus from before the worker starts.
-    Everything is stopped however the block ends; a process that ignores SIGTERM fails the test."""
+    """Bus, web and `workers` workers (none if worker=False), with `app.bus` watching the bus from before the
+    workers start. Everything is stopped however the block ends; a process that ignores SIGTERM fails the test."""
     app = System(tmp_path, ollama_url, **overrides)
     app.bus = None
     try:
@@ -270,8 +275,8 @@ def running(tmp_path: Path, ollama_url: str, respawn: bool = False, worker: bool
         keys = app.env.get("BUS_KEYS_DIR")
         app.bus = BusWatcher(app.settings.bus_sub_addr, Path(keys) if keys else None)
         app.start_web()
-        if worker:
-            app.start_worker(respawn)
+        for number in range(workers if worker else 0):
+            app.start_worker(respawn, name="worker" if number == 0 else f"worker{number + 1}")
         yield app
     finally:
         if app.bus is not None:

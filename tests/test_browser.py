@@ -8,6 +8,8 @@ import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from tests.system import running
+
 CHROMIUM = "/usr/bin/chromium"
 # As root in a sandbox, with no network beyond loopback: no sandbox, no background connections.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -111,3 +113,21 @@ def test_a_restarted_web_is_reconnected_to_and_the_page_catches_up(system, fake_
     expect(page.get_by_role("list", name="Todos")).to_contain_text("made elsewhere", timeout=20_000)
     expect(log.locator(".msg.assistant")).to_have_count(2, timeout=10_000)  # its comment, and no duplicates
     expect(page.get_by_role("list", name="Todos").get_by_role("listitem")).to_have_count(2)
+
+
+def test_the_status_counts_the_workers_and_names_the_one_answering(tmp_path, fake_ollama, browser):
+    fake_ollama.knobs.tokens_per_s = 10
+    fake_ollama.knobs.reply = lambda request: [" slowly"] * 40
+    with running(tmp_path, fake_ollama.url, workers=2) as app:
+        page = browser.new_page()
+        page.goto(app.url)
+        status = page.get_by_role("status")
+        expect(status).to_contain_text("2 of 2 workers ready", timeout=15_000)
+        page.get_by_label("Message").fill("who answers?")
+        page.get_by_role("button", name="Send").click()
+        start = app.bus.wait_for("llm.start", timeout_s=10)
+        expect(status).to_contain_text(f"worker {start.data['worker_id']} answering")
+        expect(status).to_contain_text(f"at {fake_ollama.url}")
+        app.worker_of(start.data["worker_id"]).popen.send_signal(signal.SIGKILL)
+        expect(status).to_contain_text(f"the answering worker {start.data['worker_id']} stopped or died")
+        expect(status).to_contain_text("1 of 1 workers ready")

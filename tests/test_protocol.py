@@ -26,12 +26,12 @@ def test_no_topic_is_a_prefix_of_another():
     [b"journal.todo.added"],
     [b"journal.todo.added", b"\xc1"],
     [b"llm.token", msgpack.packb([1, 2, 3])],
-    [b"llm.token", msgpack.packb({"v": 2, "type": "llm.token", "src": "x", "ts": 1, "data": {}})],
-    [b"llm.nope", msgpack.packb({"v": 1, "type": "llm.nope", "src": "x", "ts": 1, "data": {}})],
-    [b"llm.done", msgpack.packb({"v": 1, "type": "llm.token", "src": "x", "ts": 1, "data": {}})],
-    [b"llm.token", msgpack.packb({"v": 1, "type": "llm.token", "src": "x", "ts": 1, "data": "text"})],
-    [b"journal.chat.sent", msgpack.packb({"v": 1, "type": "journal.chat.sent", "src": "x", "ts": 1, "data": {}})],
-    [b"llm.token", msgpack.packb({"v": 1, "type": "llm.token", "src": "x", "ts": 1, "data": {}, "seq": 3})],
+    [b"llm.token", msgpack.packb({"v": 1, "type": "llm.token", "src": "x", "ts": 1, "data": {}})],
+    [b"llm.nope", msgpack.packb({"v": 2, "type": "llm.nope", "src": "x", "ts": 1, "data": {}})],
+    [b"llm.done", msgpack.packb({"v": 2, "type": "llm.token", "src": "x", "ts": 1, "data": {}})],
+    [b"llm.token", msgpack.packb({"v": 2, "type": "llm.token", "src": "x", "ts": 1, "data": "text"})],
+    [b"journal.chat.sent", msgpack.packb({"v": 2, "type": "journal.chat.sent", "src": "x", "ts": 1, "data": {}})],
+    [b"llm.token", msgpack.packb({"v": 2, "type": "llm.token", "src": "x", "ts": 1, "data": {}, "seq": 3})],
     [b"\xff" * 10, b"\x00" * 1000],
 ])
 def test_malformed_frames_raise_protocol_error(frames):
@@ -39,10 +39,26 @@ def test_malformed_frames_raise_protocol_error(frames):
         protocol.decode(frames)
 
 
-def test_catchup_request_and_reply_round_trip():
-    assert protocol.decode_catchup_request(protocol.encode_catchup_request(None)) is None
-    assert protocol.decode_catchup_request(protocol.encode_catchup_request(42)) == 42
+def test_journal_requests_and_replies_round_trip():
+    request = protocol.decode_request(protocol.encode_request(protocol.OP_CLAIM, 7, worker_id="w1", covers_seq=42))
+    assert request == {"v": protocol.PROTOCOL_VERSION, "op": "claim", "request_id": 7, "worker_id": "w1",
+                       "covers_seq": 42}
+    assert protocol.decode_request(protocol.encode_request(protocol.OP_CATCHUP, 1, after=None))["after"] is None
     entries = [Message(protocol.CHAT_SENT, {"text": "hi"}, "web", seq=3, ts=1.0)]
-    assert protocol.decode_catchup_reply(protocol.encode_catchup_reply(entries, 9)) == (entries, 9)
+    reply = protocol.decode_reply(protocol.encode_reply(
+        protocol.OP_CATCHUP, 1, entries=[e.envelope() for e in entries], last_seq=9, journal_id="j"))
+    assert protocol.catchup_entries(reply) == (entries, 9, "j")
+
+
+@pytest.mark.parametrize("fields", [
+    {"op": "catchup", "after": "3"},
+    {"op": "claim", "worker_id": "w", "covers_seq": True},  # a bool is not a seq
+    {"op": "claim", "worker_id": 5, "covers_seq": 3},
+    {"op": "heartbeat"},
+    {"op": "delete everything"},
+])
+def test_malformed_journal_requests_raise_protocol_error(fields):
     with pytest.raises(ProtocolError):
-        protocol.decode_catchup_request(msgpack.packb({"v": 1, "after": "3"}))
+        protocol.decode_request(msgpack.packb({"v": protocol.PROTOCOL_VERSION, "request_id": 1, **fields}))
+    with pytest.raises(ProtocolError):
+        protocol.decode_request(msgpack.packb({"v": 1, "request_id": 1, "op": "catchup", "after": None}))

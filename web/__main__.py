@@ -36,12 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = config.load()
         logs.setup("web", settings.log_level)
-        lock = instance.hold_lock(settings, "web")  # noqa: F841  held until the process ends
-        app = create_app(settings)
-        sock = listen(settings.web_host, settings.web_port)
+        with instance.hold_lock(settings, "web"):
+            return serve(create_app(settings), listen(settings.web_host, settings.web_port))
     except StartupError as error:
         log.error("%s", error)
         return 2
+
+
+def serve(app, sock: socket.socket) -> int:
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, ws_max_size=64 * 1024,
         ws_per_message_deflate=False))

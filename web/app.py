@@ -20,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from services import curve, protocol
 from services.busclient import Publisher, Subscriber
+from services.tasks import supervised
 from services.config import Settings
 from services.text import is_valid_unicode, valid_unicode
 from store import Store, Todo
@@ -32,6 +33,8 @@ from web.guard import RATE_LIMITED_HEADERS, Guard, allowed_hosts
 from web.journal import Journal
 from web.ratelimit import TokenBucket
 from web.relay import Relay
+from web import workers
+from web.workers import WorkerRequests
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_TITLE_CHARS = 500
@@ -139,10 +142,12 @@ def create_app(settings: Settings) -> FastHTML:
         curve.allow_clients(authenticator, settings.bus_keys_dir)
         journal.publisher = Publisher(settings.bus_pub_addr, src="web", keys_dir=settings.bus_keys_dir)
         subscriber = Subscriber(settings.bus_sub_addr, [protocol.LLM], context, settings.bus_keys_dir)
-        router = journal.bind(settings.journal_addr, context, settings.bus_keys_dir)
+        router = workers.bind(settings.journal_addr, context, settings.bus_keys_dir)
+        requests = WorkerRequests(router, journal, relay.claims)
         tasks = [
-            asyncio.create_task(journal.serve_catchup(router)),
-            asyncio.create_task(relay.run(subscriber)),
+            supervised("journal server", requests.serve),
+            supervised("connection watch", requests.watch_connections),
+            supervised("relay", lambda: relay.run(subscriber)),
         ]
         try:
             yield
@@ -151,6 +156,7 @@ def create_app(settings: Settings) -> FastHTML:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             subscriber.close()
+            router.close(linger=0)
             journal.publisher.close()
             if settings.bus_keys_dir is not None:
                 authenticator.stop()

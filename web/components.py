@@ -20,6 +20,10 @@ class WorkerStatus:
     reason: str = "waiting for the assistant to start"
     model: str = ""
     ollama_url: str = ""
+    worker_id: str = ""  # the worker answering now, if any
+    workers: int = 0  # alive (sending heartbeats)
+    ready: int = 0  # ... and able to answer
+    notice: str = ""  # why the answering worker was lost, until the next reply is saved
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Reply:
     text: str
     done_reason: str | None = None  # None while streaming
     parts: list[str] = field(default_factory=list)
+    token: int | None = None  # the claim it streams under
 
 
 def oob(component, target: str | None = None, swap: str = "true"):
@@ -158,9 +163,15 @@ def Status(status: WorkerStatus):
     label = {"thinking": "thinking…"}.get(status.state, status.state)
     details = [Span(f"Assistant: {label}", cls=f"state {status.state}")]
     if status.model:
-        details.append(Span(f"model {status.model}", cls="model"))
+        where = f" at {status.ollama_url}" if status.ollama_url else ""
+        details.append(Span(f"model {status.model}{where}", cls="model"))
+    if status.workers:
+        answering = f", worker {status.worker_id} answering" if status.worker_id else ""
+        details.append(Span(f"{status.ready} of {status.workers} workers ready{answering}", cls="workers"))
     if status.state == "offline" and status.reason:
         details.append(Span(status.reason, cls="reason"))
+    if status.notice:
+        details.append(Span(status.notice, cls="reason"))
     return Div(*details, id="llm-status", role="status")
 
 

@@ -1,23 +1,24 @@
-"""Turns the worker's bus messages into page updates for every open tab, keeps replies that are still streaming
-(so a reload mid-reply shows them), saves finished replies to the journal, and tracks the worker's heartbeat."""
+"""Turns the workers' bus messages into page updates for every open tab: keeps the reply that is streaming (so a
+reload mid-reply shows it), saves finished replies to the journal, and shows how many workers are alive and which
+one answers. Only the holder of the current claim is heard (see web/claims.py); everything else is dropped."""
 from __future__ import annotations
 
 import logging
 import re
-import time
+import sqlite3
 
 from fasthtml.common import Div
 
 from services import protocol
-from services.busclient import Subscriber
+from services.busclient import DropLog, Subscriber
 from services.protocol import Message
+from services.text import MAX_REPLY_CHARS
+from web.claims import Claim, Claims
 from web.clients import Clients
 from web.components import AssistantReply, ErrorNote, Reply, Status, WorkerStatus, oob, token_frame
 from web.journal import Journal
 
-MISSED_HEARTBEATS = 3.5  # heartbeats missed before the worker is shown offline
 REPLY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,12 @@ class Relay:
         self.journal = journal
         self.clients = clients
         self.heartbeat_s = heartbeat_s
+        self.claims = Claims(journal, heartbeat_s, on_end=self._claim_ended)
         self.status = WorkerStatus()
+        self.workers: dict[str, WorkerStatus] = {}  # the last heartbeat of each worker, by worker_id
         self.streaming: dict[str, Reply] = {}
-        self._worker_id: str | None = None
-        self._last_heartbeat = 0.0
+        self.lost = ""  # why the last claim lapsed: the status says so even if it showed an Ollama problem
+        self.unheard = DropLog("message from a worker without the claim")
         self._handlers = {
             protocol.LLM_START: self._start,
             protocol.LLM_TOKEN: self._token,
@@ -49,10 +52,10 @@ class Relay:
 
     async def run(self, subscriber: Subscriber) -> None:
         while True:
-            message = await subscriber.receive(timeout_s=self.heartbeat_s)
+            message = await subscriber.receive(timeout_s=self.heartbeat_s / 2)
             if message is not None:
                 self.handle(message)
-            self._check_heartbeat()
+            self.check_workers()
 
     def handle(self, message: Message) -> None:
         handler = self._handlers.get(message.type)
@@ -60,79 +63,126 @@ class Relay:
             return
         try:
             handler(message.data)
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
             log.warning("dropped malformed %s message: %s", message.type, error)
+        except sqlite3.Error as error:  # the database is busy or full: the worker sends its `done` again
+            log.warning("could not save from %s (%s); it will be retried", message.type, error)
+
+    def _heard(self, data: dict) -> bool:
+        """Is this from the holder of the current claim, under its token? (The fencing check.)"""
+        if self.claims.holds(data.get("worker_id"), data.get("token")):
+            return True
+        self.unheard.record(ValueError(f"{data.get('worker_id')!r} does not hold claim {data.get('token')!r}"))
+        return False
 
     def _start(self, data: dict) -> None:
-        self._streaming_reply(reply_id_of(data))
+        if self._heard(data):
+            self._streaming_reply(reply_id_of(data), data["token"])
+            self._refresh_status()
 
-    def _streaming_reply(self, reply_id: str) -> Reply:
+    def _streaming_reply(self, reply_id: str, token: int) -> Reply:
         """The reply being streamed, shown in every tab; created on its first token if its start was lost (the bus
         or this process restarted mid-reply)."""
         reply = self.streaming.get(reply_id)
         if reply is None:
-            reply = self.streaming[reply_id] = Reply(reply_id=reply_id, text="")
+            reply = self.streaming[reply_id] = Reply(reply_id=reply_id, text="", token=token)
             self.clients.broadcast(oob(AssistantReply(reply), target="chat-log"))
         return reply
 
     def _token(self, data: dict) -> None:
-        reply = self._streaming_reply(reply_id_of(data))
-        text = str(data["text"])
+        if not self._heard(data):
+            return
+        text = data["text"]
+        if not isinstance(text, str):
+            raise TypeError("token text is not a string")
+        reply = self._streaming_reply(reply_id_of(data), data["token"])
         reply.parts.append(text)
         self.clients.broadcast_html(token_frame(reply.reply_id, text))
 
     def _done(self, data: dict) -> None:
         reply_id = reply_id_of(data)
-        if self.journal.store.has_reply(reply_id):
-            return  # the worker re-sends `done` until it sees the saved entry: saving it again would duplicate it
-        was_streaming = self.streaming.pop(reply_id, None) is not None
-        reply = Reply(reply_id, str(data["text"]), str(data.get("done_reason") or "stop"))
+        if not self._heard(data) or self.journal.store.has_reply(reply_id):
+            return  # a resent `done` whose entry is saved: the worker sees the entry and stops sending it
+        claim = self.claims.current
+        if data["covers_seq"] != claim.covers_seq:
+            raise ValueError(f"done covers seq {data['covers_seq']!r}, its claim {claim.covers_seq}")
+        text = data["text"]
+        if not isinstance(text, str) or len(text) > MAX_REPLY_CHARS:
+            raise ValueError("reply text is not a string within MAX_REPLY_CHARS")
+        reply = Reply(reply_id, text, str(data.get("done_reason") or "stop"))
         with self.journal.entry(protocol.REPLY_SAVED) as saved:
             saved.update(reply_id=reply.reply_id, text=reply.text, done_reason=reply.done_reason,
-                         covers_seq=int(data["covers_seq"]), model=str(data.get("model", "")))
+                         covers_seq=claim.covers_seq, token=claim.token, worker_id=claim.worker_id,
+                         model=str(data.get("model", "")))
+        self.claims.completed(claim.token, claim.covers_seq)
+        self.lost = ""
         # Replace the streaming bubble in place; a reply no tab saw streaming is appended instead.
+        was_streaming = self.streaming.pop(reply_id, None) is not None
         self.clients.broadcast(oob(AssistantReply(reply)) if was_streaming
                                else oob(AssistantReply(reply), target="chat-log"))
+        self._refresh_status()
 
     def _error(self, data: dict) -> None:
-        reply = self.streaming.pop(str(data.get("reply_id")), None)
-        if reply is not None:
-            self._interrupt(reply)
+        if not self._heard(data):
+            return
+        self.claims.release(data["worker_id"], data["token"], "failed")  # interrupts its reply (_claim_ended)
         if not data.get("repeated"):  # a retry failing the same way: the status already says so
             self.clients.broadcast(oob(ErrorNote(str(data["message"])), target="chat-log"))
 
-    def _heartbeat(self, data: dict) -> None:
-        self._last_heartbeat = time.monotonic()
-        worker_id = str(data["worker_id"])
-        if worker_id != self._worker_id:
-            self._worker_id = worker_id
-            self._interrupt_all()  # a new worker process: whatever the old one was streaming will never finish
-        self._set_status(WorkerStatus(state=str(data["state"]), reason=str(data.get("reason", "")),
-                                      model=str(data.get("model", "")), ollama_url=str(data.get("ollama_url", ""))))
+    # workers and their heartbeats
 
-    def _check_heartbeat(self) -> None:
-        silent_s = time.monotonic() - self._last_heartbeat
-        if self.status.state != "offline" and silent_s > MISSED_HEARTBEATS * self.heartbeat_s:
-            self._interrupt_all()
-            self._set_status(WorkerStatus(state="offline", reason="the assistant process is not running",
-                                          model=self.status.model))
+    def _heartbeat(self, data: dict) -> None:
+        worker_id = data["worker_id"]
+        if not isinstance(worker_id, str) or not REPLY_ID.fullmatch(worker_id):
+            raise ValueError(f"bad worker id {worker_id!r}")
+        self.claims.heartbeat(worker_id)
+        self.workers[worker_id] = WorkerStatus(
+            state=str(data["state"]), reason=str(data.get("reason", "")), model=str(data.get("model", "")),
+            ollama_url=str(data.get("ollama_url", "")), worker_id=worker_id)
+        self._refresh_status()
+
+    def check_workers(self) -> None:
+        """Lapse the claim of a holder that stopped beating, and forget workers that did."""
+        self.claims.check_lease()
+        self._refresh_status()
+
+    def _refresh_status(self) -> None:
+        live = self.claims.live_workers()
+        for worker_id in [w for w in self.workers if w not in live]:
+            del self.workers[worker_id]
+        self._set_status(summarise(list(self.workers.values()), self.claims.current, self.lost))
 
     def _set_status(self, status: WorkerStatus) -> None:
         if status != self.status:
             self.status = status
             self.clients.broadcast(oob(Status(status)))
 
-    def _interrupt_all(self) -> None:
-        for reply in list(self.streaming.values()):
-            self._interrupt(reply)
-        self.streaming.clear()
+    def _claim_ended(self, claim: Claim, reason: str) -> None:
+        """A reply that will never finish is shown as interrupted, not left dangling; it is not saved, so another
+        worker answers those actions again."""
+        for reply in [r for r in self.streaming.values() if r.token == claim.token]:
+            self.streaming.pop(reply.reply_id, None)
+            reply.text, reply.done_reason = "".join(reply.parts), "interrupted"
+            if reply.text:
+                self.clients.broadcast(oob(AssistantReply(reply)))
+            else:  # nothing was said: remove the empty bubble rather than keep a husk
+                self.clients.broadcast(Div(id=f"reply-{reply.reply_id}", hx_swap_oob="delete"))
+        if reason in ("lapsed", "disconnected"):  # the real cause, shown until the next reply is saved
+            self.lost = f"the answering worker {claim.worker_id} " + (
+                "stopped sending heartbeats" if reason == "lapsed" else "stopped or died")
+            log.warning("%s; another worker takes over", self.lost)
+            self._refresh_status()
 
-    def _interrupt(self, reply: Reply) -> None:
-        """A reply that will never finish is shown as interrupted, not left dangling; it is not saved, so the worker
-        answers those actions again when it comes back."""
-        self.streaming.pop(reply.reply_id, None)
-        reply.text, reply.done_reason = "".join(reply.parts), "interrupted"
-        if reply.text:
-            self.clients.broadcast(oob(AssistantReply(reply)))
-        else:  # nothing was said: remove the empty bubble rather than keep a husk
-            self.clients.broadcast(Div(id=f"reply-{reply.reply_id}", hx_swap_oob="delete"))
+
+def summarise(workers: list[WorkerStatus], claim: Claim | None, lost: str) -> WorkerStatus:
+    """One status for the page: how many workers are alive and ready, and the one answering now (or the best one).
+    When none is alive, that is the reason shown, whatever the last one said about Ollama."""
+    if not workers:
+        reason = ("the assistant is not running: " + (lost or "no worker sends heartbeats")
+                  + " (`honcho start` runs one, and restarts it when it dies)")
+        return WorkerStatus(state="offline", reason=reason)
+    answering = next((w for w in workers if claim is not None and w.worker_id == claim.worker_id), None)
+    shown = answering or max(workers, key=lambda w: w.state in ("ready", "thinking"))
+    return WorkerStatus(state=shown.state, reason=shown.reason, model=shown.model, ollama_url=shown.ollama_url,
+                        worker_id=shown.worker_id if answering else "", workers=len(workers),
+                        ready=sum(w.state in ("ready", "thinking") for w in workers), notice=lost)
