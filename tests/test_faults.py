@@ -257,3 +257,29 @@ def test_a_reset_database_is_followed_by_the_worker_from_its_first_entry(tmp_pat
         assert "fresh start" in fake_ollama.requests[-1]["messages"][-1]["content"]
         assert "three" not in json.dumps(fake_ollama.requests[-1]["messages"])  # the old journal is forgotten
         assert saved.seq > 1
+
+
+def test_a_reply_that_cannot_be_saved_is_given_up_on_with_one_message(system, fake_ollama):
+    fake_ollama.knobs.hold_after_tokens = 1
+    fake_ollama.knobs.reply = lambda request: ["never", " saved"]
+    tab = Tab(system.ws_url)
+    blocker = sqlite3.connect(system.data_dir / "app.sqlite3", isolation_level=None)
+    try:
+        post(system, "/chat", text="remember this")
+        start = system.bus.wait_for("llm.start")
+        system.bus.wait_for("llm.token", reply_id=start.data["reply_id"])
+        blocker.execute("BEGIN EXCLUSIVE")  # held for longer than the worker keeps sending its done
+        fake_ollama.release()
+        error = system.bus.wait_for("llm.error", timeout_s=20, reply_id=start.data["reply_id"])
+        assert "could not be saved" in error.data["message"]
+        tab.wait_for_text("could not be saved")
+        resent = [m for m in system.bus.of_type("llm.done") if m.data["reply_id"] == start.data["reply_id"]]
+        assert len(resent) == 1 + 5  # the first send and MAX_RESENDS more, then silence
+        blocker.execute("ROLLBACK")
+        fake_ollama.knobs.hold_after_tokens = None
+        chat = system.bus.wait_for("journal.chat.sent", text="remember this")
+        system.bus.wait_for("journal.reply.saved", timeout_s=30, covers_seq=chat.seq)  # asked again, answered
+    finally:
+        blocker.close()
+        tab.close()
+    assert sum("could not be saved" in f and "msg error" in f for f in tab.frames.items) == 1  # one chat message

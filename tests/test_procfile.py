@@ -52,3 +52,37 @@ def test_honcho_runs_everything_and_survives_a_killed_worker(tmp_path, fake_olla
     assert "SIGKILL" not in output  # honcho's note when a process outlived its 5 s
     with sqlite3.connect(app.data_dir / "app.sqlite3") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_honcho_with_three_workers_answers_each_action_once(tmp_path, fake_ollama):
+    app = System(tmp_path, fake_ollama.url)
+    env = {**app.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    no_dotenv = tmp_path / "empty.env"
+    no_dotenv.write_text("")
+    honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-e", str(no_dotenv), "-c", "worker=3"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    bus = BusWatcher(app.settings.bus_sub_addr)
+    output = ""
+    try:
+        bus.messages.wait_until(lambda items: len({m.data["worker_id"] for m in items if m.type == "llm.status"
+                                                   and m.data["state"] == "ready"}) == 3, 30, "3 workers ready")
+        with httpx.Client(base_url=app.url, timeout=5) as client:
+            for title in ("one", "two", "three"):
+                client.post("/todos", data={"title": title})
+            client.post("/chat", data={"text": "how many of you are there?"})
+        chat = bus.wait_for("journal.chat.sent", text="how many of you are there?")
+        bus.wait_for("journal.reply.saved", timeout_s=20, covers_seq=chat.seq)
+        honcho.send_signal(signal.SIGINT)
+        output, _ = honcho.communicate(timeout=10)
+    finally:
+        bus.close()
+        if honcho.poll() is None:
+            kill_tree(honcho.pid)
+            output += honcho.communicate()[0]
+        print(output)
+    with sqlite3.connect(app.data_dir / "app.sqlite3") as db:
+        covers = [row[0] for row in db.execute(
+            "SELECT json_extract(data, '$.covers_seq') FROM journal WHERE type = 'journal.reply.saved'")]
+    assert len(covers) == len(set(covers)) == len(fake_ollama.requests)
+    assert "Traceback" not in output

@@ -19,6 +19,7 @@ from web.components import AssistantReply, ErrorNote, Reply, Status, WorkerStatu
 from web.journal import Journal
 
 REPLY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_ERROR_CHARS = 1_000
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ class Relay:
             return
         self.claims.release(data["worker_id"], data["token"], "failed")  # interrupts its reply (_claim_ended)
         if not data.get("repeated"):  # a retry failing the same way: the status already says so
-            self.clients.broadcast(oob(ErrorNote(str(data["message"])), target="chat-log"))
+            message = str(data["message"])[:MAX_ERROR_CHARS]  # Ollama's error text is relayed: bound it
+            self.clients.broadcast(oob(ErrorNote(message), target="chat-log"))
 
     # workers and their heartbeats
 
