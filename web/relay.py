@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+import time
 
 from fasthtml.common import Div
 
@@ -52,11 +53,14 @@ class Relay:
         }
 
     async def run(self, subscriber: Subscriber) -> None:
+        checked_at = 0.0
         while True:
             message = await subscriber.receive(timeout_s=self.heartbeat_s / 2)
             if message is not None:
                 self.handle(message)
-            self.check_workers()
+            if time.monotonic() - checked_at >= self.heartbeat_s / 4:  # not per token: it is on the hot path
+                checked_at = time.monotonic()
+                self.check_workers()
 
     def handle(self, message: Message) -> None:
         handler = self._handlers.get(message.type)

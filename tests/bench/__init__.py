@@ -1,5 +1,7 @@
 """The benchmark (issue 6): the real bus, web and worker against the fake Ollama, timed with real WebSocket and HTTP
-clients. Prints a table (p50/p99/max, counts, targets met or not) and writes the figures as JSON.
+clients. Prints a table (p50/p99/max, counts, targets met or not) and writes the figures as JSON. Then the same
+with three workers (issue 9): figures 1 to 6 again against the one-worker values, failover when the worker
+answering is killed, and a stream of mixed actions that no two workers may answer twice (tests/bench/workers.py).
 
     bin/bench [--quick] [--json PATH]
 

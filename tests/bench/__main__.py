@@ -14,8 +14,9 @@ from pathlib import Path
 from tests.bench.figures import live_figures, long_history, ratio, zmq_floor
 from tests.bench.harness import QUICK, Config, FakeOllamaProcess, bench_system, progress
 from tests.bench.report import judge, table
+from tests.bench.workers import several_workers, worker_scaling
 
-
+WORKERS = 3  # figures 10 to 12
 
 
 # the whole run
@@ -24,6 +25,19 @@ from tests.bench.report import judge, table
 def machine() -> dict:
     return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "load_average_at_start": os.getloadavg()}
+
+
+def with_workers(tmp_path: Path, fake: FakeOllamaProcess, config: Config, compression: str | None) -> dict:
+    """Figures 1 to 6 again, then 10 and 11, on a system with WORKERS workers (figure 7 kills *the* worker: not
+    meaningful with several; figure 8 does not involve the workers)."""
+    progress(f"starting bus, web and {WORKERS} workers (under bin/respawn)")
+    fake.take_sent()  # nothing written before belongs to these figures
+    with bench_system(tmp_path, fake.url, respawn=True, workers=WORKERS) as app:
+        progress(f"1-6 again with {WORKERS} workers")
+        results = {"several_workers": asyncio.run(live_figures(app, fake, config, compression, recovery=False))}
+        results["several_workers"]["workers"] = WORKERS
+        results.update(asyncio.run(several_workers(app, fake, config, WORKERS)))
+    return results
 
 
 def run(config: Config, compression: str | None = "deflate") -> dict:
@@ -43,11 +57,13 @@ def run(config: Config, compression: str | None = "deflate") -> dict:
                 progress(f"8: long history, {entries:,} journal entries")
                 results["long_history"][str(entries)] = long_history(tmp_path / f"history-{entries}", fake.url,
                                                                      entries, config.page_loads)
+            results.update(with_workers(tmp_path / f"workers-{WORKERS}", fake, config, compression))
         finally:
             fake.stop()
     floor = results["floor"]["latency_ms"]
     results["relay"]["ratio_to_floor"] = ratio(results["relay"]["overhead_ms"], floor)
     results["action_to_first_token"]["ratio_to_floor"] = ratio(results["action_to_first_token"]["overhead_ms"], floor)
+    results["worker_scaling"] = worker_scaling(results, results["several_workers"])
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["duration_s"] = time.monotonic() - started
     results["targets"] = judge(results)

@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +21,7 @@ import zmq
 from services import protocol
 from services.protocol import ProtocolError
 from tests.fake_ollama import FakeOllama
-from tests.system import BusWatcher, Recorder, System, running
+from tests.system import BusWatcher, Recorder, System, descendants, running
 from tests.bench.tabs import WAIT_S, Listener, is_final
 
 
@@ -50,11 +50,16 @@ class Config:
     page_loads: int = 20
     floor_messages: int = 3_000
     floor_gap_s: float = 0.0005
+    failover_kills: int = 20
+    failover_tokens: int = 200  # the reply interrupted by each kill: slow, so it is still streaming when killed
+    failover_tokens_per_s: float = 50
+    duplicate_actions: int = 500
 
 
 QUICK = Config(relay_tokens=40, relay_tokens_per_s=400, action_samples=3, throughput_tokens=300, fan_out_clients=5,
                fan_out_tokens=20, fan_out_tokens_per_s=200, post_clients=3, post_samples=10,
-               history_sizes=(200, 1_000), page_loads=3, floor_messages=300)
+               history_sizes=(200, 1_000), page_loads=3, floor_messages=300, failover_kills=3,
+               duplicate_actions=40)
 
 
 # statistics
@@ -181,12 +186,9 @@ class QuietWatcher(BusWatcher):
         self._thread.start()
 
 
-class TokenTap(QuietWatcher):
-    """Every llm.token on the bus, as (time.time() received here, message): splits the relay overhead at the bus.
-    Only for a slow stream: at thousands of tokens a second it would compete with the clients being timed."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(address, (protocol.LLM_TOKEN,))
+class StampedTap(QuietWatcher):
+    """The bus on these topics, each message recorded as (time.time() received here, message). Only for slow
+    streams: at thousands of tokens a second it would compete with the clients being timed."""
 
     def _run(self) -> None:  # BusWatcher._run, stamping each message as it arrives
         while self._running:
@@ -198,6 +200,18 @@ class TokenTap(QuietWatcher):
                 except ProtocolError:
                     pass
 
+    def wait_for_stamped(self, predicate: Callable[[protocol.Message], bool], timeout_s: float, what: str,
+                         start: int = 0) -> tuple[float, protocol.Message]:
+        """The first (received_at, message) from index `start` on whose message matches `predicate`."""
+        return self.messages.wait_for(lambda item: predicate(item[1]), timeout_s, what, start)
+
+
+class TokenTap(StampedTap):
+    """Every llm.token on the bus, stamped as it arrives: splits the relay overhead at the bus."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(address, (protocol.LLM_TOKEN,))
+
     def segments(self, sent: dict[str, float], tab: dict[str, float]) -> dict:
         """Per token: fake writes → worker publishes (its envelope's ts) → this SUB receives → the tab receives."""
         seen = {message.data["text"]: (received_at, message.ts) for received_at, message in list(self.messages.items)}
@@ -207,18 +221,34 @@ class TokenTap(QuietWatcher):
                 "bus_sub_to_tab_ms": summary([tab[t] - seen[t][0] for t in both], 1000)}
 
 
+def await_ready_workers(bus: BusWatcher, workers: int, timeout_s: float = WAIT_S * 2) -> None:
+    """Until `workers` different workers have sent a heartbeat saying they are ready."""
+    def ready(items: list) -> bool:
+        return len({m.data.get("worker_id") for m in items
+                    if m.type == protocol.LLM_STATUS and m.data.get("state") == "ready"}) >= workers
+
+    bus.messages.wait_until(ready, timeout_s, f"{workers} workers ready")
+
+
+def worker_pids(app: System) -> list[int]:
+    """The running worker processes themselves: below bin/respawn when it runs them."""
+    return [pid for name, process in app.processes.items() if name.startswith("worker")
+            for pid in descendants(process.pid) or [process.pid]]
+
+
 @contextmanager
-def bench_system(tmp_path: Path, ollama_url: str, respawn: bool = False) -> Iterator[System]:
-    """tests.system.running() with the worker ready and a QuietWatcher as `app.bus`. The process logs it prints at
-    the end are kept off stdout (the table goes there) and shown on stderr only if something failed; so while the
-    block runs, progress goes to stderr."""
+def bench_system(tmp_path: Path, ollama_url: str, respawn: bool = False, workers: int = 1) -> Iterator[System]:
+    """tests.system.running() with `workers` workers ready and a QuietWatcher as `app.bus`. The process logs it
+    prints at the end are kept off stdout (the table goes there) and shown on stderr only if something failed; so
+    while the block runs, progress goes to stderr."""
     printed = io.StringIO()
     tmp_path.mkdir(parents=True, exist_ok=True)
     try:
-        with redirect_stdout(printed), running(tmp_path, ollama_url, respawn=respawn, **NO_RATE_LIMIT) as app:
+        with redirect_stdout(printed), running(tmp_path, ollama_url, respawn=respawn, workers=workers,
+                                               **NO_RATE_LIMIT) as app:
             app.bus.close()
             app.bus = QuietWatcher(app.settings.bus_sub_addr)
-            app.bus.wait_for(protocol.LLM_STATUS, timeout_s=WAIT_S * 2, state="ready")
+            await_ready_workers(app.bus, workers)
             yield app
     except BaseException:
         sys.stderr.write(printed.getvalue())
@@ -275,10 +305,11 @@ class Session:
         return list(await asyncio.gather(*(Listener.open(self.app.ws_url, self.compression) for _ in range(count))))
 
     def cpu_s(self) -> dict[str, float]:
-        """CPU seconds used so far by each process taking part (the benchmark's own includes its clients)."""
-        pids = {"web": self.app.processes["web"].pid, "worker": self.app.worker_pid(),
-                "bus": self.app.processes["bus"].pid, "fake": self.fake.pid, "bench": os.getpid()}
-        return {name: cpu_s(pid) for name, pid in pids.items()}
+        """CPU seconds used so far by each process taking part (the benchmark's own includes its clients; "worker"
+        is every worker's together)."""
+        pids = {"web": [self.app.processes["web"].pid], "worker": worker_pids(self.app),
+                "bus": [self.app.processes["bus"].pid], "fake": [self.fake.pid], "bench": [os.getpid()]}
+        return {name: sum(cpu_s(pid) for pid in group) for name, group in pids.items()}
 
     def todo_count(self) -> int:
         bus = self.app.bus

@@ -10,10 +10,9 @@ TOKEN_OVERHEAD_MAX_BYTES = 64
 RECOVERY_MAX_S = 2
 PAGE_LOAD_P99_MS = 300
 RSS_GROWTH_MAX = 0.10  # "flat": each process at most 10 % bigger with 10x the journal
-
-
-
-
+FAILOVER_P99_MS = 1_000
+WORKERS_WORSE_MAX = 0.10  # no figure with several workers worse than with one by more than this
+STREAMS = ("relay", "action_to_first_token", "throughput", "throughput_unthrottled", "fan_out", "post_while_streaming")
 
 
 # targets and the table
@@ -29,6 +28,35 @@ def rss_growth(history: dict) -> float | None:
         return None
     small, large = history[sizes[0]]["rss_mb"], history[sizes[-1]]["rss_mb"]
     return max(large[name] / small[name] - 1 for name in small)
+
+
+def worse_by(scaling: dict) -> float | None:
+    """How much worse with several workers than with one: higher latency, or lower throughput (0.1: 10 %)."""
+    ratio = scaling["ratio"]
+    if ratio is None:
+        return None
+    return 1 - ratio if scaling["higher_is_better"] else ratio - 1
+
+
+def loss(figures: dict) -> dict:
+    """The tokens lost, reordered, duplicated or unfinished over every stream of a set of live figures."""
+    keys = ("lost", "reordered", "duplicated", "unfinished")
+    return {key: sum(figures[name][key] for name in STREAMS) for key in keys}
+
+
+def judge_workers(results: dict) -> dict[str, bool | None]:
+    failover, several = results["failover"], results["several_workers"]
+    p99 = failover["failover_ms"]["p99"]
+    verdicts = {
+        "failover": p99 is not None and p99 < FAILOVER_P99_MS and failover["interrupted_replies_saved"] == 0,
+        "no_duplicates": results["duplicates"]["duplicates_whole_journal"] == 0,
+        "several_workers_zero_loss": zero_loss(loss(several))
+        and several["fan_out"]["complete_clients"] == several["fan_out"]["clients"],
+    }
+    for name, scaling in results["worker_scaling"].items():
+        worse = worse_by(scaling)
+        verdicts[f"workers_{name}"] = None if worse is None else worse <= WORKERS_WORSE_MAX
+    return verdicts
 
 
 def judge(results: dict) -> dict[str, bool | None]:
@@ -49,6 +77,7 @@ def judge(results: dict) -> dict[str, bool | None]:
         "worker_recovery": results["recovery"]["heartbeat_s"] < RECOVERY_MAX_S,
         "page_load": largest["page_load_ms"]["p99"] < PAGE_LOAD_P99_MS,
         "memory_flat": None if growth is None else growth <= RSS_GROWTH_MAX,
+        **judge_workers(results),
     }
 
 
@@ -126,7 +155,59 @@ def table(results: dict) -> str:
     ]
     lines += history_rows(results["long_history"], met)
     lines.append(row("9 ZeroMQ floor: PUB → bus proxy → SUB, ms", floor))
+    lines += failover_rows(results["failover"], met) + duplicate_rows(results["duplicates"], met)
+    lines += scaling_rows(results, met)
     return "\n".join(lines)
+
+
+def failover_rows(failover: dict, met: dict) -> list[str]:
+    kills = failover["kills"]
+    return [
+        row(f"10 failover: kill -9 of the answering worker of {failover['workers']}, ms", failover["failover_ms"],
+            target=f"p99 < {FAILOVER_P99_MS / 1000:g} s, 0 saved", met=met["failover"]),
+        row("  kill → its claim ended in the journal, ms", failover["claim_ended_ms"]),
+        row("  kill → another worker's reply starts, ms", failover["takeover_start_ms"]),
+        row("  kill → the killed worker back and ready, s", failover["back_s"]),
+        row("  answered by a running worker | the respawned one",
+            {"p50": failover["by_running_worker"], "p99": failover["by_respawned_worker"], "max": None, "n": kills}),
+        row("  claims ended as \"disconnected\"", value=failover["ended_disconnected"], n=kills),
+        row("  interrupted replies saved", value=failover["interrupted_replies_saved"], n=kills),
+    ]
+
+
+def duplicate_rows(duplicates: dict, met: dict) -> list[str]:
+    return [
+        row("11 duplicates: replies answering a batch twice", value=duplicates["duplicates"],
+            n=duplicates["actions"], target=f"0 ({duplicates['actions']:,} mixed actions)", met=met["no_duplicates"]),
+        row("  saved replies | Ollama requests | extra requests",
+            {"p50": duplicates["replies"], "p99": duplicates["ollama_requests"],
+             "max": duplicates["extra_requests"], "n": None}),
+        row("  duplicates in the whole journal, failovers too", value=duplicates["duplicates_whole_journal"]),
+    ]
+
+
+SCALING_LABELS = {
+    "relay_overhead_p99_ms": "relay overhead per token p99, ms",
+    "action_to_first_token_p99_ms": "action → first token p99, ms",
+    "throughput_tokens_per_s": "throughput, tok/s relayed",
+    "fan_out_p99_ms": "fan-out overhead p99, ms",
+    "todo_post_p99_ms": "todo POST while streaming p99, ms",
+}
+
+
+def scaling_rows(results: dict, met: dict) -> list[str]:
+    workers = results["several_workers"]["workers"]
+    rows = [f"12 {workers} workers vs 1 (p50 | p99 | max columns: 1 worker | {workers} workers | ratio {workers}/1)"]
+    for name, scaling in results["worker_scaling"].items():
+        limit = 1 - WORKERS_WORSE_MAX if scaling["higher_is_better"] else 1 + WORKERS_WORSE_MAX
+        rows.append(row(f"  {SCALING_LABELS[name]}",
+                        {"p50": scaling["one_worker"], "p99": scaling["several_workers"], "max": scaling["ratio"],
+                         "n": None},
+                        target=f"ratio {'>=' if scaling['higher_is_better'] else '<='} {limit:.2f}",
+                        met=met[f"workers_{name}"]))
+    rows.append(row(f"  tokens in tabs, all of 1-5 with {workers} workers", value="-",
+                    loss=loss(results["several_workers"]), target="0 lost", met=met["several_workers_zero_loss"]))
+    return rows
 
 
 def columns(by_process: dict) -> dict:
