@@ -42,6 +42,7 @@ class Relay:
         self.status = WorkerStatus()
         self.workers: dict[str, WorkerStatus] = {}  # the last heartbeat of each worker, by worker_id
         self.streaming: dict[str, Reply] = {}
+        self.last_answering = ""  # worker_id of the last holder to start a reply
         self.lost = ""  # why the last claim lapsed: the status says so even if it showed an Ollama problem
         self.unheard = DropLog("message from a worker without the claim")
         self._handlers = {
@@ -83,6 +84,7 @@ class Relay:
     def _start(self, data: dict) -> None:
         if self._heard(data):
             self._streaming_reply(reply_id_of(data), data["token"])
+            self.last_answering = data["worker_id"]
             self._refresh_status()
 
     def _streaming_reply(self, reply_id: str, token: int) -> Reply:
@@ -156,7 +158,7 @@ class Relay:
         live = self.claims.live_workers()
         for worker_id in [w for w in self.workers if w not in live]:
             del self.workers[worker_id]
-        self._set_status(summarise(list(self.workers.values()), self.claims.current, self.lost))
+        self._set_status(summarise(list(self.workers.values()), self.claims.current, self.lost, self.last_answering))
 
     def _set_status(self, status: WorkerStatus) -> None:
         if status != self.status:
@@ -180,15 +182,17 @@ class Relay:
             self._refresh_status()
 
 
-def summarise(workers: list[WorkerStatus], claim: Claim | None, lost: str) -> WorkerStatus:
-    """One status for the page: how many workers are alive and ready, and the one answering now (or the best one).
-    When none is alive, that is the reason shown, whatever the last one said about Ollama."""
+def summarise(workers: list[WorkerStatus], claim: Claim | None, lost: str, last_answering: str) -> WorkerStatus:
+    """One status for the page: how many workers are alive and ready, and the one answering now, else the one that
+    answered last (its Ollama trouble is the news: the others have not tried since), else the best one. When none
+    is alive, that is the reason shown, whatever the last one said about Ollama."""
     if not workers:
         reason = ("the assistant is not running: " + (lost or "no worker sends heartbeats")
                   + " (`honcho start` runs one, and restarts it when it dies)")
         return WorkerStatus(state="offline", reason=reason)
-    answering = next((w for w in workers if claim is not None and w.worker_id == claim.worker_id), None)
-    shown = answering or max(workers, key=lambda w: w.state in ("ready", "thinking"))
+    by_id = {w.worker_id: w for w in workers}
+    answering = by_id.get(claim.worker_id) if claim is not None else None
+    shown = answering or by_id.get(last_answering) or max(workers, key=lambda w: w.state in ("ready", "thinking"))
     return WorkerStatus(state=shown.state, reason=shown.reason, model=shown.model, ollama_url=shown.ollama_url,
                         worker_id=shown.worker_id if answering else "", workers=len(workers),
                         ready=sum(w.state in ("ready", "thinking") for w in workers), notice=lost)
