@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.system import ROOT, BusWatcher, System, kill_tree
+from tests.system import ROOT, BusWatcher, System, descendants, kill_tree
 
 
 def test_honcho_runs_everything_and_survives_a_killed_worker(tmp_path, fake_ollama):
@@ -54,7 +54,7 @@ def test_honcho_runs_everything_and_survives_a_killed_worker(tmp_path, fake_olla
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_honcho_with_three_workers_answers_each_action_once(tmp_path, fake_ollama):
+def test_honcho_with_three_workers_answers_each_action_once_and_sighup_ends_everything(tmp_path, fake_ollama):
     app = System(tmp_path, fake_ollama.url)
     env = {**app.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     no_dotenv = tmp_path / "empty.env"
@@ -73,8 +73,14 @@ def test_honcho_with_three_workers_answers_each_action_once(tmp_path, fake_ollam
             client.post("/chat", data={"text": "how many of you are there?"})
         chat = bus.wait_for("journal.chat.sent", text="how many of you are there?")
         bus.wait_for("journal.reply.saved", timeout_s=20, covers_seq=chat.seq)
-        honcho.send_signal(signal.SIGINT)
+        everything = [honcho.pid, *descendants(honcho.pid)]
+        os.killpg(honcho.pid, signal.SIGHUP)  # what closing the terminal does
         output, _ = honcho.communicate(timeout=10)
+        deadline = time.monotonic() + 5
+        while [pid for pid in everything if Path(f"/proc/{pid}").exists()] and time.monotonic() < deadline:
+            time.sleep(0.05)  # processes ending: /proc is polled, there is no event to await
+        left = [pid for pid in everything if Path(f"/proc/{pid}").exists()]
+        assert not left, f"still running 5 s after SIGHUP: {left}"
     finally:
         bus.close()
         if honcho.poll() is None:
