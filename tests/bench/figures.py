@@ -18,7 +18,7 @@ from store import Store
 from tests.system import Process, System
 from tests.bench.harness import (
     HISTORY_TODOS, HTTP_TIMEOUT_S, POST_BUDGET_S, Config, FakeOllamaProcess, Session, Streamed, TokenTap,
-    bench_system, cpu_per, progress, rate, rss_mb, summary,
+    bench_system, cpu_per, paused_gc, progress, rate, rss_mb, summary,
 )
 from tests.bench.tabs import (
     WAIT_S, Frame, Listener, by_reply, close_listeners, counts, delivery, frame_bytes, index_of, is_bubble, is_final,
@@ -227,21 +227,26 @@ async def live_figures(app: System, fake: FakeOllamaProcess, config: Config, com
     figure kills *the* worker, the last one started, and waits for it alone."""
     session = Session(app, fake, compression)
     figures = {}
+
+    async def timed(what: str, figure):
+        progress(what)
+        with paused_gc():
+            return await figure
+
     try:
-        progress("1, 6: relay overhead per token, bytes on the wire")
-        figures.update(await relay_overhead(session, config))
-        progress("2: action to first token")
-        figures["action_to_first_token"] = await action_to_first_token(session, config)
-        progress("3: throughput")
-        figures["throughput"] = await throughput(session, config.throughput_tokens, config.throughput_tokens_per_s)
-        figures["throughput_unthrottled"] = await throughput(session, config.throughput_tokens, 0)
-        progress(f"4: fan-out to {config.fan_out_clients} tabs")
-        figures["fan_out"] = await fan_out(session, config)
-        progress(f"5: todo POSTs while streaming to {config.post_clients} tabs")
-        figures["post_while_streaming"] = await post_while_streaming(session, config)
+        figures.update(await timed("1, 6: relay overhead per token, bytes on the wire",
+                                   relay_overhead(session, config)))
+        figures["action_to_first_token"] = await timed("2: action to first token",
+                                                       action_to_first_token(session, config))
+        figures["throughput"] = await timed("3: throughput", throughput(
+            session, config.throughput_tokens, config.throughput_tokens_per_s))
+        figures["throughput_unthrottled"] = await timed("3: throughput, unthrottled", throughput(
+            session, config.throughput_tokens, 0))
+        figures["fan_out"] = await timed(f"4: fan-out to {config.fan_out_clients} tabs", fan_out(session, config))
+        figures["post_while_streaming"] = await timed(f"5: todo POSTs while streaming to {config.post_clients} tabs",
+                                                      post_while_streaming(session, config))
         if recovery:
-            progress("7: worker recovery after kill -9")
-            figures["recovery"] = await worker_recovery(session)
+            figures["recovery"] = await timed("7: worker recovery after kill -9", worker_recovery(session))
     finally:
         await session.close()
     return figures

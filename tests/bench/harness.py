@@ -3,6 +3,7 @@ under test with the session that drives it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import math
 import multiprocessing
@@ -253,6 +254,19 @@ def bench_system(tmp_path: Path, ollama_url: str, respawn: bool = False, workers
     except BaseException:
         sys.stderr.write(printed.getvalue())
         raise
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """This process's garbage collector off while a figure is timed, and a full collection before it, as timeit
+    does. This process is the clients: a full collection here (50-140 ms once the benchmark holds tens of thousands
+    of frames) stalls every tab's reading at once and was being counted as the app's latency."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def rss_mb(pid: int) -> float:

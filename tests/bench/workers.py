@@ -16,7 +16,7 @@ from contextlib import closing
 from services import protocol
 from services.protocol import Message
 from tests.system import System, descendants
-from tests.bench.harness import Config, FakeOllamaProcess, Session, StampedTap, progress, summary
+from tests.bench.harness import Config, FakeOllamaProcess, Session, StampedTap, paused_gc, progress, summary
 from tests.bench.tabs import WAIT_S
 
 TAP_TOPICS = (protocol.LLM_START, protocol.LLM_TOKEN, protocol.LLM_STATUS, protocol.JOURNAL)
@@ -246,7 +246,8 @@ async def duplicates(app: System, fake: FakeOllamaProcess, config: Config) -> di
 
 async def several_workers(app: System, fake: FakeOllamaProcess, config: Config, workers: int) -> dict:
     progress(f"10: failover, {config.failover_kills} kills of the answering worker of {workers}")
-    figures = {"failover": await failover(app, fake, config, workers)}
+    with paused_gc():
+        figures = {"failover": await failover(app, fake, config, workers)}
     progress(f"11: duplicates, {config.duplicate_actions} mixed actions with {workers} workers")
     figures["duplicates"] = await duplicates(app, fake, config)
     return figures
