@@ -1,5 +1,20 @@
 """The worker's view of the journal (the client half of the zguide Clone pattern): entries in seq order, the last
-seq applied, what is already answered, and the prompt that fits the model's context window."""
+seq applied, what is already answered, the current todo list, and the prompt that fits the model's context window.
+
+The prompt policy, chosen for Ollama's prompt cache (llama-server keeps the previous prompt's tokens and evaluates
+only what follows the longest common prefix; see ../shared/OLLAMA.md):
+
+- The prompt is the system prompt, then the history from `window_start` on, then the current todo list, then the
+  turn being answered. Everything before the todo list stays byte-identical from one reply to the next: new history
+  is only ever appended.
+- When the history no longer fits the budget, the window moves in one big step: the oldest entries are dropped until
+  the history fills at most half the budget. The next replies then append to that same beginning until the budget
+  is full again, so the whole history is evaluated again once every half a budget, not on every reply (dropping
+  one message at a time changes the prefix right after the system prompt each time).
+- The todo list changes with almost every action, so it goes at the end, just before the turn being answered. It
+  comes from the journal (and a snapshot in the first catch-up), so the model knows every todo even after the
+  entries that created it have left the window.
+"""
 from __future__ import annotations
 
 import time
@@ -13,6 +28,7 @@ from llm_worker.persona import SYSTEM_PROMPT, describe
 MAX_ENTRIES = 5_000  # kept in memory; far more than any context window holds
 CHARS_PER_TOKEN = 3  # a deliberately low estimate (English averages ~4), so the prompt errs on the short side
 MESSAGE_OVERHEAD_TOKENS = 4  # role markers and separators per message in chat templates
+TODO_LIST_SHARE = 4  # the todo list may take at most 1/4 of the budget; beyond it, the newest todos are listed
 
 
 class Applied(Enum):
@@ -38,21 +54,29 @@ class Conversation:
         self.last_seq = 0
         self.saved_through = 0  # the highest seq a saved reply covers
         self.own_unsaved: dict[str, int] = {}  # reply_id → covers_seq of own replies not saved yet
+        self.todos: dict[int, tuple[str, bool]] = {}  # the list as the journal says it is now: id → (title, done)
+        self.window_start = 0  # the position the prompt's history starts at (see the policy above)
 
     @property
     def answered_through(self) -> int:
         """The highest seq a reply covers, counting own replies not yet back from the journal."""
         return max([self.saved_through, *self.own_unsaved.values()])
 
-    def load_window(self, entries: list[Message], head_seq: int) -> None:
-        """Cold start (or a new journal): the recent window of the journal replaces whatever was known."""
+    def load_window(self, entries: list[Message], head_seq: int,
+                    todos: list[tuple[int, str, bool]] | None = None) -> None:
+        """Cold start (or a new journal): the recent window of the journal, and the todo list as it is at
+        `head_seq`, replace whatever was known."""
         self.entries.clear()
         self.own_unsaved.clear()
+        self.todos.clear()
+        self.window_start = 0
         self.last_seq = entries[0].seq - 1 if entries else head_seq
         self.saved_through = 0
         for entry in entries:
             self.apply(entry)
         self.last_seq = max(self.last_seq, head_seq)
+        if todos is not None:  # the list at the head, including todos whose "added" is older than the window
+            self.todos = {todo_id: (title, done) for todo_id, title, done in todos}
         if not entries:
             self.saved_through = head_seq  # an empty journal has nothing to answer
 
@@ -67,7 +91,16 @@ class Conversation:
             self.saved_through = max(self.saved_through, int(entry.data.get("covers_seq", 0)))
         elif entry.type not in protocol.CLAIM_TYPES:  # claims say who answers, they are not conversation
             self.entries.append(entry)
+            self._follow_list(entry)
         return Applied.APPLIED
+
+    def _follow_list(self, entry: Message) -> None:
+        data = entry.data
+        if entry.type == protocol.TODO_DELETED:
+            self.todos.pop(data.get("id"), None)
+        elif entry.type in protocol.TODO_ACTIONS and isinstance(data.get("id"), int):
+            title, done = self.todos.get(data["id"], ("", False))
+            self.todos[data["id"]] = (str(data.get("title", title)), bool(data.get("done", done)))
 
     def add_own_reply(self, done: dict) -> None:
         """The reply just finished (`done` is its llm.done data), before its journal entry comes back from the web:
@@ -120,22 +153,41 @@ class Conversation:
         return batch
 
     def prompt(self, through_seq: int, budget_tokens: int) -> list[dict]:
-        """The system prompt plus as much recent history (up to `through_seq`) as fits `budget_tokens`."""
-        budget = budget_tokens - estimate_tokens(SYSTEM_PROMPT)
-        chosen: list[tuple[str, str]] = []
-        for entry in reversed(self.entries):
-            if position(entry) > through_seq:
-                continue
-            role, content = describe(entry)
-            cost = estimate_tokens(content)
-            if cost > budget:
-                break
-            budget -= cost
-            chosen.append((role, content))
+        """The system prompt, the history up to `through_seq` from the window's start, and the todo list, within
+        `budget_tokens` (the policy is in this module's docstring)."""
+        todo_list = self._todo_list(budget_tokens // TODO_LIST_SHARE)
+        budget = budget_tokens - estimate_tokens(SYSTEM_PROMPT) - estimate_tokens(todo_list)
+        history = [(position(entry), *describe(entry)) for entry in self.entries
+                   if self.window_start <= position(entry) <= through_seq]
+        cost = sum(estimate_tokens(content) for _, _, content in history)
+        if cost > budget:  # one big step down to half the budget: the next replies share the new beginning
+            dropped = 0
+            while dropped < len(history) and (
+                    cost > budget // 2 or (dropped and history[dropped][0] == history[dropped - 1][0])):
+                # (an action and the reply to it share a position: they leave the window together)
+                cost -= estimate_tokens(history[dropped][2])
+                dropped += 1
+            history = history[dropped:]
+            self.window_start = history[0][0] if history else through_seq + 1
         messages = [{"role": "system", "content": SYSTEM_PROMPT}]
-        for role, content in reversed(chosen):
+        for _, role, content in history:
             if messages[-1]["role"] == role == "user":  # several actions in a row read as one turn
                 messages[-1]["content"] += "\n" + content
             else:
                 messages.append({"role": role, "content": content})
-        return messages
+        # The list changes with nearly every action: just before the turn being answered, after the cached part.
+        turn = [messages.pop()] if messages[-1]["role"] == "user" else []
+        return [*messages, {"role": "system", "content": todo_list}, *turn]
+
+    def _todo_list(self, budget_tokens: int) -> str:
+        """The current todos, open ones first, as compact lines; the newest that fit if they are many."""
+        lines = [f"#{todo_id} {title}" + (" (done)" if done else "")
+                 for todo_id, (title, done) in sorted(self.todos.items(), key=lambda item: (item[1][1], -item[0]))]
+        shown, cost = [], estimate_tokens("The todo list now:")
+        for line in lines:
+            cost += estimate_tokens(line) - MESSAGE_OVERHEAD_TOKENS + 1
+            if cost > budget_tokens:
+                break
+            shown.append(line)
+        more = f"\n(and {len(lines) - len(shown)} more)" if len(shown) < len(lines) else ""
+        return "The todo list now:\n" + ("\n".join(shown) if lines else "(empty)") + more

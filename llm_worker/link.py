@@ -13,7 +13,7 @@ import zmq.asyncio
 from services import curve, protocol
 from services.busclient import LINGER_MS
 from services.config import Settings
-from services.protocol import Message, ProtocolError
+from services.protocol import Catchup, ProtocolError
 
 REQUEST_TIMEOUT_S = 2.0  # a request not answered by then is sent again (the web may be restarting)
 
@@ -33,11 +33,11 @@ class JournalLink:
     def close(self) -> None:
         self.dealer.close(linger=0)
 
-    async def catchup(self, after: int | None) -> tuple[list[Message], int, str]:
-        """Journal entries after `after` (None: the recent window), the journal's head seq and its id."""
+    async def catchup(self, after: int | None) -> Catchup:
+        """Journal entries after `after` (None: the recent window, with the todo list), its head seq and its id."""
         while True:
             try:
-                return protocol.catchup_entries(await self._ask(protocol.OP_CATCHUP, after=after))
+                return protocol.catchup_page(await self._ask(protocol.OP_CATCHUP, after=after))
             except ProtocolError as error:
                 log.warning("bad catch-up reply dropped: %s", error)
                 await asyncio.sleep(REQUEST_TIMEOUT_S)  # a misbehaving peer: do not spin

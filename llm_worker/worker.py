@@ -110,18 +110,19 @@ class Worker:
         different journal (the web's data was reset), or a head below what we know, means starting over from it."""
         while True:
             self._resync.clear()
-            entries, head, journal_id = await self.link.catchup(after)
-            if after is None or journal_id != self.journal_id or head < self.conversation.last_seq:
+            page = await self.link.catchup(after)
+            if after is None or page.journal_id != self.journal_id or page.last_seq < self.conversation.last_seq:
                 if after is not None:
-                    log.warning("the journal was replaced (id %s, head %d): rebuilding from it", journal_id, head)
-                    entries, head, journal_id = await self.link.catchup(None)
-                self.journal_id = journal_id
-                self.conversation.load_window(entries, head)
+                    log.warning("the journal was replaced (id %s, head %d): rebuilding from it", page.journal_id,
+                                page.last_seq)
+                    page = await self.link.catchup(None)
+                self.journal_id = page.journal_id
+                self.conversation.load_window(page.entries, page.last_seq, page.todos)
             else:
-                for entry in entries:
+                for entry in page.entries:
                     self._apply(entry)
             after = self.conversation.last_seq
-            if not self._resync.is_set() and (not entries or after >= head):
+            if not self._resync.is_set() and (not page.entries or after >= page.last_seq):
                 break
         if not self.synced.is_set():
             log.info("caught up at seq %d; answered through %d", after, self.conversation.answered_through)

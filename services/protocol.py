@@ -21,7 +21,8 @@ Requests to the web's journal (worker DEALER → web ROUTER, one frame each way,
 DEALER stays connected for the worker's life, so the web sees a killed worker's connection close):
 
     catch-up  {"v", "op": "catchup", "request_id", "after": <seq or None for the recent window>}
-           →  {"v", "op": "catchup", "request_id", "journal_id", "entries": [<envelope>, ...], "last_seq": <int>}
+           →  {"v", "op": "catchup", "request_id", "journal_id", "entries": [<envelope>, ...], "last_seq": <int>,
+               "todos": [[id, title, done], ...] (the list at last_seq; only with after=None)}
     claim     {"v", "op": "claim", "request_id", "worker_id", "covers_seq": <int>}
            →  {"v", "op": "claim", "request_id", "token": <int or None>, "reason": <why not, if None>}
     heartbeat {"v", "op": "heartbeat", "request_id", "worker_id"}        (no reply; every HEARTBEAT_S)
@@ -178,11 +179,25 @@ def decode_reply(frame: bytes) -> dict:
     return _unpack(frame, "journal reply")
 
 
-def catchup_entries(reply: dict) -> tuple[list[Message], int, str]:
-    """The entries, head seq and journal id of a catch-up reply, validated."""
+@dataclass(frozen=True)
+class Catchup:
+    entries: list[Message]
+    last_seq: int  # the journal's head when the page was read
+    journal_id: str
+    todos: list[tuple[int, str, bool]] | None  # the list at last_seq (only for the recent window)
+
+
+def catchup_page(reply: dict) -> Catchup:
+    """A catch-up reply, validated."""
     if type(reply.get("last_seq")) is not int or not isinstance(reply.get("journal_id"), str):
         raise ProtocolError("catch-up reply is malformed")
-    entries = reply.get("entries")
+    entries, todos = reply.get("entries"), reply.get("todos")
     if not isinstance(entries, list):
         raise ProtocolError("catch-up reply has no entry list")
-    return [from_envelope(e) for e in entries], reply["last_seq"], reply["journal_id"]
+    if todos is not None:
+        if not isinstance(todos, list) or not all(
+                isinstance(t, list) and len(t) == 3 and type(t[0]) is int and isinstance(t[1], str)
+                and isinstance(t[2], bool) for t in todos):
+            raise ProtocolError("catch-up reply has a malformed todo list")
+        todos = [tuple(t) for t in todos]
+    return Catchup([from_envelope(e) for e in entries], reply["last_seq"], reply["journal_id"], todos)

@@ -52,7 +52,7 @@ def test_a_saved_reply_replaces_the_provisional_one_and_sits_after_what_it_answe
     conversation.apply(saved(3, 1, "answer", reply_id="r1"))
     assert conversation.unsaved_replies(older_than_s=0) == []
     roles = [m["role"] for m in conversation.prompt(through_seq=3, budget_tokens=4096)]
-    assert roles == ["system", "user", "assistant", "user"]
+    assert roles == ["system", "user", "assistant", "system", "user"]  # the todo list just before the turn
 
 
 def test_the_prompt_keeps_the_newest_history_that_fits_the_budget():
@@ -64,3 +64,63 @@ def test_the_prompt_keeps_the_newest_history_that_fits_the_budget():
     text = "".join(m["content"] for m in messages)
     assert len(text) // 3 <= 2000
     assert "todo number 1000 " in text and "todo number 1 " not in text
+
+
+def toggled(seq: int, todo_id: int, title: str, done: bool) -> Message:
+    return Message(protocol.TODO_TOGGLED, {"id": todo_id, "title": title, "done": done}, "web", seq=seq)
+
+
+def prefix_length(a: list[dict], b: list[dict]) -> int:
+    """How many leading messages two prompts share byte for byte: what Ollama's prompt cache can reuse."""
+    shared = 0
+    for first, second in zip(a, b):
+        if first != second:
+            break
+        shared += 1
+    return shared
+
+
+def test_consecutive_prompts_share_their_beginning_and_the_window_moves_in_big_steps():
+    conversation = Conversation()
+    conversation.load_window([], 0)
+    previous, resets, cached = None, 0, []
+    for seq in range(1, 401):  # one action and one reply at a time, as in a long session
+        conversation.apply(added(2 * seq - 1, f"chore {seq} " + "x" * 60))
+        messages = conversation.prompt(through_seq=2 * seq - 1, budget_tokens=2048)
+        conversation.apply(saved(2 * seq, 2 * seq - 1, f"noted {seq}", reply_id=f"r{seq}"))
+        assert sum(len(m["content"]) for m in messages) // 3 <= 2048  # never over the budget
+        if previous is not None:
+            shared = prefix_length(previous, messages)
+            resets += shared <= 1  # only the system prompt in common: the whole history is evaluated again
+            cached.append(shared / len(previous))
+        previous = messages
+    # Each move frees half the history's budget (about 700 of 2,048 tokens once the list takes its quarter), room
+    # for ~18 more exchanges of ~36 tokens: ~22 moves in 400 replies, where dropping the oldest message each time
+    # would change the beginning on almost every reply ...
+    assert 10 <= resets <= 30
+    # ... and otherwise everything but the tail (the todo list and the turn answered) was reused.
+    assert sorted(cached)[len(cached) // 2] > 0.9
+
+
+def test_the_todo_list_is_in_every_prompt_even_when_its_actions_left_the_window():
+    conversation = Conversation()
+    conversation.load_window([], 0)
+    for seq in range(1, 301):
+        conversation.apply(added(seq, f"chore {seq}"))
+    conversation.apply(toggled(301, 5, "chore 5", True))
+    conversation.apply(chat(302, "what is still open?"))
+    messages = conversation.prompt(through_seq=302, budget_tokens=600)
+    history = " ".join(m["content"] for m in messages[:-2])
+    assert "added todo #5:" not in history  # the action that created it is long gone from the window
+    todo_list = messages[-2]["content"]
+    assert messages[-2]["role"] == "system" and messages[-1]["content"].endswith("what is still open?")
+    assert "#300 chore 300" in todo_list and "(and " in todo_list  # the newest that fit the list's share
+    assert todo_list.index("#300 chore 300") < todo_list.index("more)")
+
+
+def test_a_cold_start_takes_the_list_from_the_snapshot_not_from_the_window():
+    conversation = Conversation()
+    conversation.load_window([toggled(10, 1, "old chore", True), chat(11, "what is open?")], 11,
+                             todos=[(1, "old chore", True), (2, "older chore", False)])
+    todo_list = conversation.prompt(through_seq=11, budget_tokens=2048)[-2]["content"]
+    assert todo_list.splitlines()[1:] == ["#2 older chore", "#1 old chore (done)"]  # open ones first

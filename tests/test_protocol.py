@@ -47,7 +47,12 @@ def test_journal_requests_and_replies_round_trip():
     entries = [Message(protocol.CHAT_SENT, {"text": "hi"}, "web", seq=3, ts=1.0)]
     reply = protocol.decode_reply(protocol.encode_reply(
         protocol.OP_CATCHUP, 1, entries=[e.envelope() for e in entries], last_seq=9, journal_id="j"))
-    assert protocol.catchup_entries(reply) == (entries, 9, "j")
+    assert protocol.catchup_page(reply) == protocol.Catchup(entries, 9, "j", None)
+    with_list = protocol.decode_reply(protocol.encode_reply(protocol.OP_CATCHUP, 2, entries=[], last_seq=9,
+                                                            journal_id="j", todos=[[1, "milk", False]]))
+    assert protocol.catchup_page(with_list).todos == [(1, "milk", False)]
+    with pytest.raises(ProtocolError):
+        protocol.catchup_page({**with_list, "todos": [[1, "milk", "no"]]})
 
 
 @pytest.mark.parametrize("fields", [

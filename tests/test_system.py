@@ -276,3 +276,21 @@ def test_the_tap_shows_every_message_type(system, fake_ollama):
     finally:
         tap.send_signal(signal.SIGTERM)
         assert tap.wait(5) == 0
+
+
+def test_the_model_is_told_the_whole_list_even_when_its_actions_left_the_window(tmp_path, fake_ollama):
+    with running(tmp_path, fake_ollama.url, worker=False, HISTORY_WINDOW="5") as app:
+        with httpx.Client(base_url=app.url, headers=HTMX, timeout=5) as client:
+            for number in range(1, 13):
+                client.post("/todos", data={"title": f"chore {number}"})
+            client.post("/todos/1/toggle")
+        app.start_worker()  # a cold start: it reads back 5 journal entries and the list as it is now
+        app.bus.wait_for("journal.reply.saved", timeout_s=15)
+        post(app, "/chat", text="what is still open?")
+        chat = app.bus.wait_for("journal.chat.sent", text="what is still open?")
+        app.bus.wait_for("journal.reply.saved", timeout_s=15, covers_seq=chat.seq)
+    messages = fake_ollama.requests[-1]["messages"]
+    assert "added todo #2:" not in str(messages)  # its action is outside the window the worker read
+    todo_list = messages[-2]["content"].splitlines()
+    assert "#2 chore 2" in todo_list and "#1 chore 1 (done)" in todo_list and "#12 chore 12" in todo_list
+    assert messages[-1]["content"] == "what is still open?"

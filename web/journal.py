@@ -34,10 +34,12 @@ class Journal:
         self.last_published = message
 
     def catchup(self, after: int | None) -> dict:
-        """The fields of a catch-up reply: the recent window (after=None) or a page of entries after `after`."""
-        if after is None:
+        """The fields of a catch-up reply: the recent window and the todo list (after=None), or a page of entries
+        after `after`."""
+        page = {"journal_id": self.store.journal_id, "last_seq": self.store.last_seq()}
+        if after is None:  # a worker starting over also gets the list as it is, whatever the window holds
             entries = self.store.recent_entries(self.history_window)
+            page["todos"] = [[todo.id, todo.title, todo.done] for todo in self.store.todos()]
         else:
             entries = self.store.entries_after(after, CATCHUP_PAGE)
-        return {"journal_id": self.store.journal_id, "entries": [e.envelope() for e in entries],
-                "last_seq": self.store.last_seq()}
+        return {**page, "entries": [e.envelope() for e in entries]}
