@@ -11,10 +11,9 @@ from typing import AsyncIterator
 import httpx
 
 from services.config import Settings
+from services.protocol import reply_stats
 from services.text import valid_unicode
 
-STAT_FIELDS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
-               "eval_duration")
 
 
 class OllamaError(Exception):
@@ -83,9 +82,25 @@ class OllamaClient:
                               "(or any chat model), or set OLLAMA_MODEL.")
         return best
 
+    async def load(self, model: str) -> None:
+        """Load the model without generating (an empty-messages /api/chat answers once, done_reason "load"), so
+        the first reply does not wait for it; it then stays loaded for OLLAMA_KEEP_ALIVE."""
+        body = {"model": model, "messages": [], "stream": False, "keep_alive": self.settings.keep_alive,
+                "options": {"num_ctx": self.settings.num_ctx}}  # the same num_ctx as replies, or it loads again
+        try:
+            async with asyncio.timeout(self.settings.first_token_timeout_s):
+                response = await self.http.post("/api/chat", json=body)
+        except asyncio.TimeoutError:
+            raise OllamaError(f"Ollama did not load {model} within {self.settings.first_token_timeout_s:g} s. "
+                              "Raise OLLAMA_FIRST_TOKEN_TIMEOUT_S if it needs longer.") from None
+        except httpx.HTTPError as error:
+            raise self._unreachable(error) from None
+        if response.status_code != 200:
+            raise self._status_error(response, model)
+
     async def chat(self, model: str, messages: list[dict]) -> AsyncIterator[Chunk]:
         """Stream one reply. Leaving the iteration early closes the HTTP connection, which stops Ollama generating."""
-        body = {"model": model, "messages": messages, "stream": True,
+        body = {"model": model, "messages": messages, "stream": True, "keep_alive": self.settings.keep_alive,
                 "options": {"num_ctx": self.settings.num_ctx, "num_predict": self.settings.num_predict}}
         request = self.http.build_request("POST", "/api/chat", json=body)
         response = await self._send(request, model)
@@ -177,16 +192,9 @@ def parse_line(line: str) -> Chunk:
         thinking=_text(message.get("thinking")),
         done=obj.get("done") is True,
         done_reason=_text(obj.get("done_reason")),
-        stats={key: obj[key] for key in STAT_FIELDS if _is_number(obj.get(key))},
+        stats=reply_stats(obj),
     )
 
 
 def _text(value: object) -> str:
     return valid_unicode(value) if isinstance(value, str) else ""
-
-
-def _is_number(value: object) -> bool:
-    # A bool is an int in Python, but not a count; an int beyond 64 bits does not fit msgpack.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return isinstance(value, float) or -2**63 <= value < 2**64

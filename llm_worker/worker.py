@@ -43,6 +43,7 @@ class Worker:
         self._stop_requested = False
         self._last_error = ""
         self._model_checked = False  # chosen (or found installed) since the last failure
+        self._loaded_model = ""  # the model loaded in Ollama since the last failure (see _probe)
         self._retry_s = RETRY_MIN_S
         self.journal_id = ""  # the journal we follow: another one means its data was reset
         self._resync = asyncio.Event()  # a gap was seen while applying: catch up again
@@ -164,13 +165,19 @@ class Worker:
             self._generation, self.token = None, None
 
     async def _probe(self) -> None:
-        """Is Ollama up (and the model known)? Updates the status; a failed reply is then retried by the caller."""
+        """Is Ollama up and the model known? Then load the model, once per model and after every outage, so the
+        first comment does not wait for it (the status says "loading" meanwhile). A failed reply is then retried
+        by the caller."""
         try:
-            self.model = await self.ollama.choose_model()
+            model = await self.ollama.choose_model()
+            if model != self._loaded_model:
+                self._set_state("loading", f"loading model {model}")
+                await self.ollama.load(model)
+                self._loaded_model = model
         except OllamaError as error:
             self._set_state("offline", str(error))
             return
-        self._model_checked = True
+        self.model, self._model_checked = model, True
         self._set_state("ready")
 
     async def _generate(self, batch: list[Message], token: int) -> None:
@@ -226,7 +233,7 @@ class Worker:
         self._publish(protocol.LLM_ERROR, reply_id=reply_id, token=token, message=message,
                       repeated=message == self._last_error)
         self._last_error = message
-        self._model_checked = False
+        self._model_checked, self._loaded_model = False, ""
         self._set_state("offline", message)
 
     def _stop(self) -> None:

@@ -3,6 +3,7 @@ message that names the variable, so a process can exit with one clear line inste
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ class Settings:
     ollama_model: str  # "" means: pick the best installed chat model
     num_ctx: int
     num_predict: int
+    keep_alive: str | int  # how long Ollama keeps the model loaded after a request (seconds, or "30m", "-1": forever)
     connect_timeout_s: float
     first_token_timeout_s: float
     chunk_timeout_s: float
@@ -91,6 +93,15 @@ def _address(env, name: str, run_dir: Path, socket_name: str) -> str:
     return address
 
 
+def _keep_alive(env) -> str | int:
+    raw = env.get("OLLAMA_KEEP_ALIVE", "").strip() or "30m"
+    if re.fullmatch(r"-?\d+", raw):
+        return int(raw)  # Ollama reads a bare number as seconds
+    if not re.fullmatch(r"-?\d+(\.\d+)?(ms|s|m|h)", raw):
+        raise ConfigError(f"OLLAMA_KEEP_ALIVE={raw!r}: use seconds or a duration like 30m, 2h (negative: forever)")
+    return raw
+
+
 def load(environ: dict[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     data_dir = Path(env.get("DATA_DIR", "").strip() or "./data")
@@ -100,6 +111,7 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         ollama_model=env.get("OLLAMA_MODEL", "").strip(),
         num_ctx=_number(env, "OLLAMA_NUM_CTX", "4096", int, 256),
         num_predict=_number(env, "OLLAMA_NUM_PREDICT", "512", int, 1),
+        keep_alive=_keep_alive(env),
         connect_timeout_s=_number(env, "OLLAMA_CONNECT_TIMEOUT_S", "3", float, 0.1),
         first_token_timeout_s=_number(env, "OLLAMA_FIRST_TOKEN_TIMEOUT_S", "300", float, 0.1),
         chunk_timeout_s=_number(env, "OLLAMA_CHUNK_TIMEOUT_S", "60", float, 0.1),

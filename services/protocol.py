@@ -137,6 +137,26 @@ def decode(frames: list[bytes]) -> Message:
     return message
 
 
+# Ollama's numbers from a reply's final chunk (nanoseconds and token counts), as llm.done and journal.reply.saved
+# carry them under "stats".
+REPLY_STATS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count",
+               "eval_duration")
+
+
+def reply_stats(source: object) -> dict[str, int | float]:
+    """The REPLY_STATS fields of `source` that are numbers msgpack can carry; anything else is left out."""
+    if not isinstance(source, dict):
+        return {}
+    return {key: source[key] for key in REPLY_STATS if _is_number(source.get(key))}
+
+
+def _is_number(value: object) -> bool:
+    # A bool is an int in Python, but not a count; an int beyond 64 bits does not fit msgpack.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, float) or -2**63 <= value < 2**64
+
+
 OP_CATCHUP, OP_CLAIM, OP_HEARTBEAT = "catchup", "claim", "heartbeat"
 REQUEST_FIELDS = {  # each op's fields and their types, besides v, op and request_id
     OP_CATCHUP: {"after": (int, type(None))},

@@ -57,7 +57,8 @@ class FakeOllama:
         self.models = models if models is not None else [FakeModel("fake-model:latest")]
         self.knobs = Knobs()
         self.port = port or free_port()
-        self.requests: list[dict] = []  # every /api/chat body, in order
+        self.requests: list[dict] = []  # every /api/chat body that asks for a reply, in order
+        self.loads: list[dict] = []  # every /api/chat body with empty messages (load the model), in order
         self.disconnects = 0  # streams the client closed before the end
         self.tokens_sent: list[tuple[float, str]] = []  # (time.time(), text) as each token is written
         self._changed = threading.Condition()
@@ -149,7 +150,8 @@ class FakeOllama:
 
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
-        self.requests.append(body)
+        loading = body.get("messages") == []  # load the model: answers once, done_reason "load"
+        (self.loads if loading else self.requests).append(body)
         self._notify()
         knobs = self.knobs
         name = body.get("model") or ""
@@ -160,6 +162,12 @@ class FakeOllama:
             return JSONResponse({"error": f'model "{name}" not found, try pulling it first'}, status_code=404)
         if "completion" not in model.capabilities:
             return JSONResponse({"error": f'"{name}" does not support chat'}, status_code=400)
+        if loading:
+            load = {"model": name, "created_at": "2026-01-01T00:00:00Z", "message": {"role": "assistant",
+                    "content": ""}, "done_reason": "load", "done": True}
+            if body.get("stream", True) is False:
+                return JSONResponse(load)
+            return StreamingResponse(iter([_line(load)]), media_type="application/x-ndjson")
         if knobs.first_token_delay_s:
             await asyncio.sleep(knobs.first_token_delay_s)  # like a loading model: not even headers yet
         if knobs.status != 200:

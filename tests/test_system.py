@@ -294,3 +294,17 @@ def test_the_model_is_told_the_whole_list_even_when_its_actions_left_the_window(
     todo_list = messages[-2]["content"].splitlines()
     assert "#2 chore 2" in todo_list and "#1 chore 1 (done)" in todo_list and "#12 chore 12" in todo_list
     assert messages[-1]["content"] == "what is still open?"
+
+
+def test_the_model_is_loaded_before_the_first_comment_and_every_request_keeps_it_loaded(tmp_path, fake_ollama):
+    with running(tmp_path, fake_ollama.url, OLLAMA_KEEP_ALIVE="45m") as app:
+        loading = app.bus.wait_for("llm.status", timeout_s=15, state="loading")
+        assert "fake-model:latest" in loading.data["reason"]
+        app.bus.wait_for("llm.status", timeout_s=15, state="ready")
+        assert [(body["messages"], body["keep_alive"]) for body in fake_ollama.loads] == [([], "45m")]
+        assert not fake_ollama.requests  # nothing was generated to load it
+        post(app, "/todos", title="warm already")
+        saved = app.bus.wait_for("journal.reply.saved", timeout_s=15)
+    assert fake_ollama.requests[0]["keep_alive"] == "45m"
+    assert fake_ollama.requests[0]["options"]["num_ctx"] == fake_ollama.loads[0]["options"]["num_ctx"]
+    assert saved.data["stats"]["eval_count"] == len(saved.data["text"].split())  # Ollama's numbers are kept

@@ -16,7 +16,7 @@ from web.markdown import to_html
 
 @dataclass
 class WorkerStatus:
-    state: str = "offline"  # ready | thinking | offline | starting | restarting
+    state: str = "offline"  # ready | thinking | loading | offline | starting | restarting
     reason: str = "waiting for the assistant to start"
     model: str = ""
     ollama_url: str = ""
@@ -160,7 +160,7 @@ def _saved(entry: Message) -> Reply:
 
 
 def Status(status: WorkerStatus):
-    label = {"thinking": "thinking…"}.get(status.state, status.state)
+    label = {"thinking": "thinking…", "loading": "loading model…"}.get(status.state, status.state)
     details = [Span(f"Assistant: {label}", cls=f"state {status.state}")]
     if status.model:
         where = f" at {status.ollama_url}" if status.ollama_url else ""

@@ -120,7 +120,7 @@ class Relay:
         with self.journal.entry(protocol.REPLY_SAVED) as saved:
             saved.update(reply_id=reply.reply_id, text=reply.text, done_reason=reply.done_reason,
                          covers_seq=claim.covers_seq, token=claim.token, worker_id=claim.worker_id,
-                         model=str(data.get("model", "")))
+                         model=str(data.get("model", "")), stats=protocol.reply_stats(data.get("stats")))
         self.claims.completed(claim.token, claim.covers_seq)
         self.lost = ""
         # Replace the streaming bubble in place; a reply no tab saw streaming is appended instead.
