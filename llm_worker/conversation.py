@@ -11,6 +11,10 @@ only what follows the longest common prefix; see ../shared/OLLAMA.md):
   the history fills at most half the budget. The next replies then append to that same beginning until the budget
   is full again, so the whole history is evaluated again once every half a budget, not on every reply (dropping
   one message at a time changes the prefix right after the system prompt each time).
+- The budget is `num_ctx − num_predict`, with `num_ctx` never above the model's own context length (from
+  /api/show), and tokens are estimated from characters at a rate measured on earlier replies (Ollama reports each
+  prompt's exact token count), so a prompt never overflows: Ollama would silently cut its oldest part, and with it
+  the cache.
 - The todo list changes with almost every action, so it goes at the end, just before the turn being answered. It
   comes from the journal (and a snapshot in the first catch-up), so the model knows every todo even after the
   entries that created it have left the window.
@@ -26,7 +30,9 @@ from services.protocol import Message
 from llm_worker.persona import SYSTEM_PROMPT, describe
 
 MAX_ENTRIES = 5_000  # kept in memory; far more than any context window holds
-CHARS_PER_TOKEN = 3  # a deliberately low estimate (English averages ~4), so the prompt errs on the short side
+CHARS_PER_TOKEN = 3  # before any reply says otherwise: a low estimate (English averages ~4), erring on the short side
+CALIBRATION_MARGIN = 0.9  # the measured characters per token, shaded so a prompt errs on the short side
+CALIBRATION_REPLIES = 5  # the estimate is the lowest of the last this many measurements
 MESSAGE_OVERHEAD_TOKENS = 4  # role markers and separators per message in chat templates
 TODO_LIST_SHARE = 4  # the todo list may take at most 1/4 of the budget; beyond it, the newest todos are listed
 
@@ -44,10 +50,6 @@ def position(entry: Message) -> int:
     return entry.seq
 
 
-def estimate_tokens(text: str) -> int:
-    return len(text) // CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS
-
-
 class Conversation:
     def __init__(self) -> None:
         self.entries: deque[Message] = deque(maxlen=MAX_ENTRIES)
@@ -56,6 +58,23 @@ class Conversation:
         self.own_unsaved: dict[str, int] = {}  # reply_id → covers_seq of own replies not saved yet
         self.todos: dict[int, tuple[str, bool]] = {}  # the list as the journal says it is now: id → (title, done)
         self.window_start = 0  # the position the prompt's history starts at (see the policy above)
+        self.measured_chars_per_token: deque[float] = deque(maxlen=CALIBRATION_REPLIES)
+
+    @property
+    def chars_per_token(self) -> float:
+        if not self.measured_chars_per_token:
+            return CHARS_PER_TOKEN
+        return CALIBRATION_MARGIN * min(self.measured_chars_per_token)
+
+    def estimate_tokens(self, text: str) -> int:
+        return int(len(text) / self.chars_per_token) + 1 + MESSAGE_OVERHEAD_TOKENS
+
+    def calibrate(self, messages: list[dict], prompt_tokens: int) -> None:
+        """Learn the model's characters per token from a prompt and the token count Ollama reported for it (the
+        final chunk's prompt_eval_count is the whole prompt, cached part included)."""
+        text_tokens = prompt_tokens - MESSAGE_OVERHEAD_TOKENS * len(messages)
+        if text_tokens > 0:
+            self.measured_chars_per_token.append(sum(len(m["content"]) for m in messages) / text_tokens)
 
     @property
     def answered_through(self) -> int:
@@ -156,16 +175,16 @@ class Conversation:
         """The system prompt, the history up to `through_seq` from the window's start, and the todo list, within
         `budget_tokens` (the policy is in this module's docstring)."""
         todo_list = self._todo_list(budget_tokens // TODO_LIST_SHARE)
-        budget = budget_tokens - estimate_tokens(SYSTEM_PROMPT) - estimate_tokens(todo_list)
+        budget = budget_tokens - self.estimate_tokens(SYSTEM_PROMPT) - self.estimate_tokens(todo_list)
         history = [(position(entry), *describe(entry)) for entry in self.entries
                    if self.window_start <= position(entry) <= through_seq]
-        cost = sum(estimate_tokens(content) for _, _, content in history)
+        cost = sum(self.estimate_tokens(content) for _, _, content in history)
         if cost > budget:  # one big step down to half the budget: the next replies share the new beginning
             dropped = 0
             while dropped < len(history) and (
                     cost > budget // 2 or (dropped and history[dropped][0] == history[dropped - 1][0])):
                 # (an action and the reply to it share a position: they leave the window together)
-                cost -= estimate_tokens(history[dropped][2])
+                cost -= self.estimate_tokens(history[dropped][2])
                 dropped += 1
             history = history[dropped:]
             self.window_start = history[0][0] if history else through_seq + 1
@@ -183,9 +202,9 @@ class Conversation:
         """The current todos, open ones first, as compact lines; the newest that fit if they are many."""
         lines = [f"#{todo_id} {title}" + (" (done)" if done else "")
                  for todo_id, (title, done) in sorted(self.todos.items(), key=lambda item: (item[1][1], -item[0]))]
-        shown, cost = [], estimate_tokens("The todo list now:")
+        shown, cost = [], self.estimate_tokens("The todo list now:")
         for line in lines:
-            cost += estimate_tokens(line) - MESSAGE_OVERHEAD_TOKENS + 1
+            cost += self.estimate_tokens(line) - MESSAGE_OVERHEAD_TOKENS + 1
             if cost > budget_tokens:
                 break
             shown.append(line)

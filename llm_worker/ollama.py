@@ -82,11 +82,20 @@ class OllamaClient:
                               "(or any chat model), or set OLLAMA_MODEL.")
         return best
 
-    async def load(self, model: str) -> None:
+    async def context_window(self, model: str) -> int:
+        """OLLAMA_NUM_CTX, or the model's own context length from /api/show when that is smaller: asking for more
+        than the model has gains nothing and costs memory."""
+        info = (await self._get_json("POST", "/api/show", {"model": model})).get("model_info") or {}
+        length = info.get(f"{info.get('general.architecture')}.context_length")
+        if isinstance(length, int) and not isinstance(length, bool) and length > self.settings.num_predict:
+            return min(self.settings.num_ctx, length)
+        return self.settings.num_ctx
+
+    async def load(self, model: str, num_ctx: int) -> None:
         """Load the model without generating (an empty-messages /api/chat answers once, done_reason "load"), so
         the first reply does not wait for it; it then stays loaded for OLLAMA_KEEP_ALIVE."""
         body = {"model": model, "messages": [], "stream": False, "keep_alive": self.settings.keep_alive,
-                "options": {"num_ctx": self.settings.num_ctx}}  # the same num_ctx as replies, or it loads again
+                "options": {"num_ctx": num_ctx}}  # the same num_ctx as replies: another one would load it again
         try:
             async with asyncio.timeout(self.settings.first_token_timeout_s):
                 response = await self.http.post("/api/chat", json=body)
@@ -98,10 +107,10 @@ class OllamaClient:
         if response.status_code != 200:
             raise self._status_error(response, model)
 
-    async def chat(self, model: str, messages: list[dict]) -> AsyncIterator[Chunk]:
+    async def chat(self, model: str, messages: list[dict], num_ctx: int) -> AsyncIterator[Chunk]:
         """Stream one reply. Leaving the iteration early closes the HTTP connection, which stops Ollama generating."""
         body = {"model": model, "messages": messages, "stream": True, "keep_alive": self.settings.keep_alive,
-                "options": {"num_ctx": self.settings.num_ctx, "num_predict": self.settings.num_predict}}
+                "options": {"num_ctx": num_ctx, "num_predict": self.settings.num_predict}}
         request = self.http.build_request("POST", "/api/chat", json=body)
         response = await self._send(request, model)
         try:

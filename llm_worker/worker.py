@@ -44,6 +44,7 @@ class Worker:
         self._last_error = ""
         self._model_checked = False  # chosen (or found installed) since the last failure
         self._loaded_model = ""  # the model loaded in Ollama since the last failure (see _probe)
+        self.num_ctx = settings.num_ctx  # ... and the context window it was loaded with
         self._retry_s = RETRY_MIN_S
         self.journal_id = ""  # the journal we follow: another one means its data was reset
         self._resync = asyncio.Event()  # a gap was seen while applying: catch up again
@@ -171,8 +172,9 @@ class Worker:
         try:
             model = await self.ollama.choose_model()
             if model != self._loaded_model:
+                self.num_ctx = await self.ollama.context_window(model)
                 self._set_state("loading", f"loading model {model}")
-                await self.ollama.load(model)
+                await self.ollama.load(model, self.num_ctx)
                 self._loaded_model = model
         except OllamaError as error:
             self._set_state("offline", str(error))
@@ -193,9 +195,10 @@ class Worker:
             if not self._model_checked:
                 self.model = await self.ollama.choose_model()
                 self._model_checked = True
-            messages = self.conversation.prompt(covers_seq, self.settings.num_ctx - self.settings.num_predict)
+            messages = self.conversation.prompt(covers_seq, self.num_ctx - self.settings.num_predict)
             length = 0
-            async with aclosing(self.ollama.chat(self.model, messages)) as chunks:  # closing it stops Ollama
+            stream = self.ollama.chat(self.model, messages, self.num_ctx)
+            async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
                 async for chunk in chunks:
                     if chunk.content:  # thinking chunks are not the reply: they are not shown
                         content = chunk.content[:MAX_REPLY_CHARS - length]
@@ -205,6 +208,8 @@ class Worker:
                         length += len(content)
                     if chunk.done:
                         done_reason, stats = chunk.done_reason or "stop", chunk.stats
+                        if "prompt_eval_count" in stats:  # the prompt's exact size: sharpens the next budget
+                            self.conversation.calibrate(messages, int(stats["prompt_eval_count"]))
                     elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
                         done_reason, stats = "length", {}
                         break

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 import threading
 import time
@@ -28,6 +29,7 @@ class FakeModel:
     parameter_size: str = "3.2B"
     capabilities: tuple[str, ...] = ("completion", "tools")
     family: str = "llama"
+    context_length: int = 131072  # model_info["<family>.context_length"] in /api/show
 
 
 def default_reply(request: dict) -> list[str]:
@@ -50,6 +52,7 @@ class Knobs:
     hang_after_tokens: int | None = None  # stop sending (connection kept open) after this many tokens
     hold_after_tokens: int | None = None  # pause after this many tokens until FakeOllama.release() is called
     done_reason: str = "stop"
+    chars_per_token: float = 4.0  # the tokenizer the final chunk's prompt_eval_count counts with
 
 
 class FakeOllama:
@@ -144,7 +147,8 @@ class FakeOllama:
         return JSONResponse({
             "modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
             "details": self._describe(model)["details"], "capabilities": list(model.capabilities),
-            "model_info": {"general.architecture": model.family, f"{model.family}.context_length": 131072},
+            "model_info": {"general.architecture": model.family,
+                           f"{model.family}.context_length": model.context_length},
             "modified_at": _now(),
         })
 
@@ -173,11 +177,12 @@ class FakeOllama:
         if knobs.status != 200:
             return JSONResponse({"error": knobs.error_message}, status_code=knobs.status)
         tokens = knobs.reply(body)
+        prompt_tokens = prompt_token_count(body.get("messages") or [], knobs.chars_per_token)
         if body.get("stream", True) is False:
-            return JSONResponse(self._final(name, "".join(tokens), len(tokens), knobs.done_reason))
-        return StreamingResponse(self._stream(name, tokens, knobs), media_type="application/x-ndjson")
+            return JSONResponse(self._final(name, "".join(tokens), len(tokens), knobs.done_reason, prompt_tokens))
+        return StreamingResponse(self._stream(name, tokens, knobs, prompt_tokens), media_type="application/x-ndjson")
 
-    async def _stream(self, name: str, tokens: list[str], knobs: Knobs):
+    async def _stream(self, name: str, tokens: list[str], knobs: Knobs, prompt_tokens: int):
         finished = False
         try:
             for text in knobs.thinking:
@@ -195,7 +200,7 @@ class FakeOllama:
                     await asyncio.sleep(1 / knobs.tokens_per_s)
                 self.tokens_sent.append((time.time(), text))
                 yield _line(self._chunk(name, text))
-            yield _line(self._final(name, "", len(tokens), knobs.done_reason))
+            yield _line(self._final(name, "", len(tokens), knobs.done_reason, prompt_tokens))
             finished = True
         finally:
             if not finished:
@@ -225,13 +230,19 @@ class FakeOllama:
             message["thinking"] = thinking
         return {"model": name, "created_at": _now(), "message": message, "done": False}
 
-    def _final(self, name: str, content: str, eval_count: int, done_reason: str) -> dict:
+    def _final(self, name: str, content: str, eval_count: int, done_reason: str, prompt_tokens: int) -> dict:
         return {
             "model": name, "created_at": _now(), "message": {"role": "assistant", "content": content},
             "done": True, "done_reason": done_reason, "total_duration": 1_234_567_890,
-            "load_duration": 12_345_678, "prompt_eval_count": 42, "prompt_eval_duration": 23_456_789,
+            "load_duration": 12_345_678, "prompt_eval_count": prompt_tokens, "prompt_eval_duration": 23_456_789,
             "eval_count": eval_count, "eval_duration": 987_654_321,
         }
+
+
+def prompt_token_count(messages: list[dict], chars_per_token: float) -> int:
+    """The whole prompt's tokens as the fake's tokenizer counts them: its text at `chars_per_token`, plus 4 per
+    message for the chat template's role markers (what Ollama reports as prompt_eval_count)."""
+    return sum(math.ceil(len(str(m.get("content", ""))) / chars_per_token) + 4 for m in messages)
 
 
 def _line(obj: dict) -> bytes:

@@ -124,3 +124,26 @@ def test_a_cold_start_takes_the_list_from_the_snapshot_not_from_the_window():
                              todos=[(1, "old chore", True), (2, "older chore", False)])
     todo_list = conversation.prompt(through_seq=11, budget_tokens=2048)[-2]["content"]
     assert todo_list.splitlines()[1:] == ["#2 older chore", "#1 old chore (done)"]  # open ones first
+
+
+def session_over_budget(calibrated: bool, budget: int = 1500, chars_per_token: float = 2.5) -> list[bool]:
+    """300 chat turns with a model whose tokenizer makes 2.5 characters a token (denser than the first guess of 3):
+    for each prompt, whether its real token count is over the budget."""
+    from tests.fake_ollama import prompt_token_count
+    conversation = Conversation()
+    conversation.load_window([], 0)
+    over = []
+    for seq in range(1, 301):
+        conversation.apply(chat(2 * seq - 1, f"question {seq}: " + "word " * 20))
+        messages = conversation.prompt(through_seq=2 * seq - 1, budget_tokens=budget)
+        tokens = prompt_token_count(messages, chars_per_token)
+        over.append(tokens > budget)
+        if calibrated:
+            conversation.calibrate(messages, tokens)  # what the final chunk's prompt_eval_count says
+        conversation.apply(saved(2 * seq, 2 * seq - 1, "answer " * 10, reply_id=f"r{seq}"))
+    return over
+
+
+def test_the_budget_is_learned_from_the_token_counts_ollama_reports():
+    assert any(session_over_budget(calibrated=False)), "the guess alone must overflow, or this proves nothing"
+    assert not any(session_over_budget(calibrated=True)[5:])

@@ -20,7 +20,7 @@ def client_for(fake: FakeOllama, **overrides) -> OllamaClient:
 
 async def collect(client: OllamaClient, model: str = "fake-model:latest"):
     try:
-        return [chunk async for chunk in client.chat(model, HELLO)]
+        return [chunk async for chunk in client.chat(model, HELLO, num_ctx=4096)]
     finally:
         await client.close()
 

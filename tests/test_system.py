@@ -308,3 +308,20 @@ def test_the_model_is_loaded_before_the_first_comment_and_every_request_keeps_it
     assert fake_ollama.requests[0]["keep_alive"] == "45m"
     assert fake_ollama.requests[0]["options"]["num_ctx"] == fake_ollama.loads[0]["options"]["num_ctx"]
     assert saved.data["stats"]["eval_count"] == len(saved.data["text"].split())  # Ollama's numbers are kept
+
+
+def test_prompts_fit_the_models_own_context_once_its_tokenizer_is_measured(tmp_path):
+    from tests.fake_ollama import FakeModel, prompt_token_count
+    with FakeOllama(models=[FakeModel("small:latest", context_length=2048)]) as fake:
+        fake.knobs.chars_per_token = 2.5  # denser than the worker's first guess
+        with running(tmp_path, fake.url, ACTIONS_PER_S="1000", ACTION_BURST="1000") as app:  # OLLAMA_NUM_CTX 4096
+            app.bus.wait_for("llm.status", timeout_s=15, state="ready")
+            for turn in range(30):
+                text = f"turn {turn}: " + " ".join(["tell me more about that"] * 8)
+                post(app, "/chat", text=text)
+                sent = app.bus.wait_for("journal.chat.sent", text=text)
+                app.bus.wait_for("journal.reply.saved", timeout_s=15, covers_seq=sent.seq)
+        sizes = [prompt_token_count(request["messages"], 2.5) for request in fake.requests]
+    assert {request["options"]["num_ctx"] for request in fake.requests} == {2048}  # never more than the model has
+    assert max(sizes) > 1000  # the history did fill the window
+    assert max(sizes[5:]) <= 2048 - 512  # num_ctx − num_predict, once the first replies have been measured
