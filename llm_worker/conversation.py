@@ -34,7 +34,7 @@ CHARS_PER_TOKEN = 3  # before any reply says otherwise: a low estimate (English 
 CALIBRATION_MARGIN = 0.9  # the measured characters per token, shaded so a prompt errs on the short side
 CALIBRATION_REPLIES = 5  # the estimate is the lowest of the last this many measurements
 MESSAGE_OVERHEAD_TOKENS = 4  # role markers and separators per message in chat templates
-TODO_LIST_SHARE = 4  # the todo list may take at most 1/4 of the budget; beyond it, the newest todos are listed
+TODO_LIST_SHARE = 8  # the list may take 1/8 of the budget (it is evaluated anew on every reply); beyond it, the newest
 
 
 class Applied(Enum):

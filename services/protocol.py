@@ -39,8 +39,8 @@ Several workers, one answer (the journal is the one sequencer; web/claims.py kee
   `journal.reply.saved` carries the token and ends the claim.
 - The claim's lease is its holder's heartbeat, sent on this direct link every HEARTBEAT_S (as well as llm.status
   on the bus, which the link does not depend on: a restarting bus is no reason to fail over). After
-  MISSED_HEARTBEATS without one the claim lapses; it also lapses within milliseconds when the holder's DEALER connection closes (a killed
-  process). The web then writes `journal.claim.ended` {token, worker_id, reason}; every worker sees it, the holder
+  MISSED_HEARTBEATS without one the claim lapses; it also lapses within milliseconds when the holder's DEALER
+  connection closes (a killed process). The web then writes `journal.claim.ended` {token, worker_id, reason}; every worker sees it, the holder
   (if it is alive after all) abandons the reply, and the others ask for the claim again: the first to ask gets it.
 - A failed reply (llm.error from the holder) ends the claim without an entry; the holder retries with backoff.
 - Each request is answered by request_id, so a reply that arrives after its request timed out is ignored.

@@ -34,9 +34,12 @@ FIGURES = {
     "worker_scaling": [(name, key) for name in ("relay_overhead_p99_ms", "action_to_first_token_p99_ms",
                                                 "throughput_tokens_per_s", "fan_out_p99_ms", "todo_post_p99_ms")
                        for key in ("one_worker", "several_workers", "ratio")],
+    "prompt_cache": [(policy, "1000", "uncached_tokens", "mean") for policy in ("old", "new")]
+    + [("fewer_uncached_x", "1000"), ("new", "1000", "prompts_over_budget_after_5")],
 }
 TABLE_LABELS = ("1 relay overhead", "2 action", "3 throughput", "4 fan-out", "5 todo POST", "6 bytes per token",
-                "7 kill -9", "8 page load", "9 ZeroMQ floor", "10 failover", "11 duplicates", "12 3 workers vs 1")
+                "7 kill -9", "8 page load", "9 ZeroMQ floor", "10 failover", "11 duplicates", "12 3 workers vs 1",
+                "13 prompt tokens")
 
 
 def figure(results: dict, name: str, path: tuple[str, ...]):

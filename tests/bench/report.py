@@ -12,6 +12,7 @@ PAGE_LOAD_P99_MS = 300
 RSS_GROWTH_MAX = 0.10  # "flat": each process at most 10 % bigger with 10x the journal
 FAILOVER_P99_MS = 1_000
 WORKERS_WORSE_MAX = 0.10  # no figure with several workers worse than with one by more than this
+PROMPT_CACHE_FEWER_MIN = 4  # issue 10: at least 4x fewer uncached prompt tokens per reply after 100+ actions
 STREAMS = ("relay", "action_to_first_token", "throughput", "throughput_unthrottled", "fan_out", "post_while_streaming")
 
 
@@ -59,6 +60,11 @@ def judge_workers(results: dict) -> dict[str, bool | None]:
     return verdicts
 
 
+def judge_prompt_cache(figure: dict) -> bool:
+    return all(figure["fewer_uncached_x"][n] >= PROMPT_CACHE_FEWER_MIN and figure["new"][n][
+        "prompts_over_budget_after_5"] == 0 for n in figure["new"] if int(n) >= 100)
+
+
 def judge(results: dict) -> dict[str, bool | None]:
     history = results["long_history"]
     largest = history[max(history, key=int)]
@@ -78,6 +84,7 @@ def judge(results: dict) -> dict[str, bool | None]:
         "page_load": largest["page_load_ms"]["p99"] < PAGE_LOAD_P99_MS,
         "memory_flat": None if growth is None else growth <= RSS_GROWTH_MAX,
         **judge_workers(results),
+        "prompt_cache": judge_prompt_cache(results["prompt_cache"]),
     }
 
 
@@ -157,7 +164,24 @@ def table(results: dict) -> str:
     lines.append(row("9 ZeroMQ floor: PUB → bus proxy → SUB, ms", floor))
     lines += failover_rows(results["failover"], met) + duplicate_rows(results["duplicates"], met)
     lines += scaling_rows(results, met)
+    lines += prompt_cache_rows(results["prompt_cache"], met)
     return "\n".join(lines)
+
+
+def prompt_cache_rows(figure: dict, met: dict) -> list[str]:
+    rows = [f"13 prompt tokens Ollama evaluates per reply, num_ctx {figure['num_ctx']:,}, "
+            f"{figure['chars_per_token']} chars/token (p50 | p99 | max: mean)"]
+    for actions, new in figure["new"].items():
+        old = figure["old"][actions]
+        rows.append(row(f"  after {int(actions):,} actions: before (drop one)", old["uncached_tokens"] | {
+            "max": old["uncached_tokens"]["mean"]}, value=None))
+        rows.append(row(f"  after {int(actions):,} actions: now (big step)", new["uncached_tokens"] | {
+            "max": new["uncached_tokens"]["mean"]}))
+        rows.append(row(f"    {figure['fewer_uncached_x'][actions]:.1f}x fewer; prompts over budget before | now",
+                        value=old["prompts_over_budget_after_5"], n=new["prompts_over_budget_after_5"],
+                        target=f">= {PROMPT_CACHE_FEWER_MIN}x, 0 over" if int(actions) >= 100 else "",
+                        met=met["prompt_cache"] if int(actions) >= 100 else ""))
+    return rows
 
 
 def failover_rows(failover: dict, met: dict) -> list[str]:
