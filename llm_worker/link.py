@@ -1,5 +1,5 @@
 """The worker's one persistent connection to the web's journal socket (DEALER → ROUTER): catch-up pages, claims
-and releases, each request matched to its reply by request_id (see the bus protocol). It stays open for the life
+and heartbeats, each request matched to its reply by request_id (see the bus protocol). It stays open for the life
 of the process on purpose: when the process dies the web sees the connection close and frees its claim at once."""
 from __future__ import annotations
 
@@ -42,20 +42,21 @@ class JournalLink:
                 log.warning("bad catch-up reply dropped: %s", error)
                 await asyncio.sleep(REQUEST_TIMEOUT_S)  # a misbehaving peer: do not spin
 
-    async def claim(self, covers_seq: int) -> tuple[int | None, str]:
+    async def claim(self, covers_seq: int, answered_through: int) -> tuple[int | None, str]:
         """The fencing token of a claim on the batch through `covers_seq`, or None and the reason."""
-        reply = await self._ask(protocol.OP_CLAIM, worker_id=self.worker_id, covers_seq=covers_seq)
+        reply = await self._ask(protocol.OP_CLAIM, worker_id=self.worker_id, covers_seq=covers_seq,
+                                answered_through=answered_through)
         token = reply.get("token")
         return (token, "") if type(token) is int else (None, str(reply.get("reason", "")))
 
     def heartbeat(self) -> None:
         """The lease on our claim: sent straight to the web, so it holds while the bus restarts. Never waits: with
         the web away long enough to fill the queue, a heartbeat is worth nothing anyway."""
-        try:
-            self.dealer.send(protocol.encode_request(protocol.OP_HEARTBEAT, next(self._request_ids),
-                                                     worker_id=self.worker_id), zmq.NOBLOCK).result()
-        except zmq.Again:  # (zmq.asyncio returns a done future for NOBLOCK; result() raises what send raised)
-            pass
+        sent = self.dealer.send(protocol.encode_request(protocol.OP_HEARTBEAT, next(self._request_ids),
+                                                        worker_id=self.worker_id), zmq.NOBLOCK)
+        # zmq.asyncio returns a future: done at once (Again when the queue is full), or queued behind a pending send.
+        if sent.done() and sent.exception() is not None and not isinstance(sent.exception(), zmq.Again):
+            raise sent.exception()
 
     async def _ask(self, op: str, **fields) -> dict:
         async with self._one_at_a_time:

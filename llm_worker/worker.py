@@ -139,7 +139,7 @@ class Worker:
             batch = self.conversation.next_batch()
             # While offline, try once anyway if the person has not been told why in the chat yet.
             if batch and (self.state != "offline" or self.reason != self._last_error):
-                token, reason = await self.link.claim(batch[-1].seq)
+                token, reason = await self.link.claim(batch[-1].seq, self.conversation.answered_through)
                 if token is not None:
                     await self._answer_under(token, batch)
                     continue
@@ -216,6 +216,10 @@ class Worker:
         except OllamaError as error:
             self._fail(reply_id, token, str(error))
             return
+        except Exception as error:  # a bug or an answer nobody foresaw: end the reply and free the claim, loudly
+            log.exception("reply %s failed unexpectedly", reply_id)
+            self._fail(reply_id, token, f"The assistant failed unexpectedly ({type(error).__name__}); see its log.")
+            return
         except asyncio.CancelledError:
             if self._claim_lost:
                 log.warning("claim %d lapsed mid-reply (frozen or cut off?): abandoning reply %s", token, reply_id)
@@ -267,7 +271,10 @@ class Worker:
         """A `done` is lost if the bus or the web was down when it was sent; until its journal entry comes back,
         send it again (the web saves a reply_id only once), but not forever: a database that stays unwritable
         must not make this worker shout into the bus for good."""
-        for reply in self.conversation.unsaved_replies(older_than_s=RESEND_AFTER_S):
+        unsaved = self.conversation.unsaved_replies(older_than_s=RESEND_AFTER_S)
+        for reply_id in set(self._resends) - {reply.data["reply_id"] for reply in unsaved}:
+            del self._resends[reply_id]  # saved (or forgotten) meanwhile
+        for reply in unsaved:
             reply_id = reply.data["reply_id"]
             tries = self._resends[reply_id] = self._resends.get(reply_id, 0) + 1
             if tries <= MAX_RESENDS:

@@ -23,7 +23,7 @@ DEALER stays connected for the worker's life, so the web sees a killed worker's 
     catch-up  {"v", "op": "catchup", "request_id", "after": <seq or None for the recent window>}
            →  {"v", "op": "catchup", "request_id", "journal_id", "entries": [<envelope>, ...], "last_seq": <int>,
                "todos": [[id, title, done], ...] (the list at last_seq; only with after=None)}
-    claim     {"v", "op": "claim", "request_id", "worker_id", "covers_seq": <int>}
+    claim     {"v", "op": "claim", "request_id", "worker_id", "covers_seq": <int>, "answered_through": <int>}
            →  {"v", "op": "claim", "request_id", "token": <int or None>, "reason": <why not, if None>}
     heartbeat {"v", "op": "heartbeat", "request_id", "worker_id"}        (no reply; every HEARTBEAT_S)
 
@@ -42,13 +42,20 @@ Several workers, one answer (the journal is the one sequencer; web/claims.py kee
   MISSED_HEARTBEATS without one the claim lapses; it also lapses within milliseconds when the holder's DEALER
   connection closes (a killed process). The web then writes `journal.claim.ended` {token, worker_id, reason}; every worker sees it, the holder
   (if it is alive after all) abandons the reply, and the others ask for the claim again: the first to ask gets it.
-- A failed reply (llm.error from the holder) ends the claim without an entry; the holder retries with backoff.
+- A claim request also says what the worker counts as answered (its own unsaved reply included). Behind the
+  journal's: refused (it would answer actions again). The holder asking for a later batch while its reply through
+  the claimed one is counted but not saved: refused, its `done` is still on its way (the bus is slower than this
+  link). The holder asking for a later batch without counting the claimed one as answered: its reply failed or was
+  lost; the old claim ends and a new one is granted.
+- A failed reply (llm.error from the holder) ends the claim with an entry too; the holder retries with backoff,
+  and any other worker may claim the batch at once.
 - Each request is answered by request_id, so a reply that arrives after its request timed out is ignored.
 - `journal_id` names the database the journal lives in: a worker that sees a different one (the web's data was
   reset) forgets what it knew and rebuilds from the new journal.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,10 +164,13 @@ def _is_number(value: object) -> bool:
     return isinstance(value, float) or -2**63 <= value < 2**64
 
 
+# Ids that end up in element ids, selectors and log lines (reply ids, worker ids): plain short words only.
+WORD = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
 OP_CATCHUP, OP_CLAIM, OP_HEARTBEAT = "catchup", "claim", "heartbeat"
 REQUEST_FIELDS = {  # each op's fields and their types, besides v, op and request_id
     OP_CATCHUP: {"after": (int, type(None))},
-    OP_CLAIM: {"worker_id": (str,), "covers_seq": (int,)},
+    OP_CLAIM: {"worker_id": (str,), "covers_seq": (int,), "answered_through": (int,)},
     OP_HEARTBEAT: {"worker_id": (str,)},
 }
 
@@ -188,6 +198,8 @@ def decode_request(frame: bytes) -> dict:
     for name, types in fields.items():
         if type(request.get(name)) not in types:
             raise ProtocolError(f"journal request {request['op']}: {name!r} must be {types[0].__name__}")
+    if "worker_id" in fields and not WORD.fullmatch(request["worker_id"]):
+        raise ProtocolError(f"journal request {request['op']}: worker_id is not a plain word")
     return request
 
 

@@ -172,10 +172,10 @@ def test_only_the_holder_is_heard_and_a_late_token_or_resent_done_changes_nothin
             # Without a claim nothing is heard: a done answering everything forever is never saved.
             publish_until_seen(app, intruder, "llm.done", reply_id="rforged", token=1, text="pwned",
                                covers_seq=2**62, done_reason="stop")
-            assert intruder.ask(protocol.OP_CLAIM, covers_seq=2**62)["token"] is None  # beyond the journal
-            grant = holder.ask(protocol.OP_CLAIM, covers_seq=todo.seq)
+            assert intruder.ask(protocol.OP_CLAIM, covers_seq=2**62, answered_through=0)["token"] is None  # beyond the journal
+            grant = holder.ask(protocol.OP_CLAIM, covers_seq=todo.seq, answered_through=0)
             assert type(grant["token"]) is int
-            assert intruder.ask(protocol.OP_CLAIM, covers_seq=todo.seq) | {"request_id": 0} == {
+            assert intruder.ask(protocol.OP_CLAIM, covers_seq=todo.seq, answered_through=0) | {"request_id": 0} == {
                 "v": protocol.PROTOCOL_VERSION, "op": "claim", "request_id": 0, "token": None,
                 "reason": "held by holder"}
             token = grant["token"]

@@ -40,9 +40,10 @@ def test_malformed_frames_raise_protocol_error(frames):
 
 
 def test_journal_requests_and_replies_round_trip():
-    request = protocol.decode_request(protocol.encode_request(protocol.OP_CLAIM, 7, worker_id="w1", covers_seq=42))
+    request = protocol.decode_request(protocol.encode_request(protocol.OP_CLAIM, 7, worker_id="w1", covers_seq=42,
+                                                              answered_through=40))
     assert request == {"v": protocol.PROTOCOL_VERSION, "op": "claim", "request_id": 7, "worker_id": "w1",
-                       "covers_seq": 42}
+                       "covers_seq": 42, "answered_through": 40}
     assert protocol.decode_request(protocol.encode_request(protocol.OP_CATCHUP, 1, after=None))["after"] is None
     entries = [Message(protocol.CHAT_SENT, {"text": "hi"}, "web", seq=3, ts=1.0)]
     reply = protocol.decode_reply(protocol.encode_reply(
@@ -57,8 +58,10 @@ def test_journal_requests_and_replies_round_trip():
 
 @pytest.mark.parametrize("fields", [
     {"op": "catchup", "after": "3"},
-    {"op": "claim", "worker_id": "w", "covers_seq": True},  # a bool is not a seq
-    {"op": "claim", "worker_id": 5, "covers_seq": 3},
+    {"op": "claim", "worker_id": "w", "covers_seq": True, "answered_through": 0},  # a bool is not a seq
+    {"op": "claim", "worker_id": 5, "covers_seq": 3, "answered_through": 0},
+    {"op": "claim", "worker_id": "w", "covers_seq": 3},
+    {"op": "heartbeat", "worker_id": "x\"><img src=x>"},  # ids end up in markup: plain words only
     {"op": "heartbeat"},
     {"op": "delete everything"},
 ])

@@ -47,22 +47,27 @@ class Claims:
 
     # requests from workers
 
-    def request(self, worker_id: str, covers_seq: int, connection: int | None) -> tuple[int | None, str]:
-        """Grant the claim on the batch ending at `covers_seq`, or say why not: (token, "") or (None, reason)."""
+    def request(self, worker_id: str, covers_seq: int, answered_through: int,
+                connection: int | None) -> tuple[int | None, str]:
+        """Grant the claim on the batch ending at `covers_seq` to a worker that counts everything through
+        `answered_through` as answered, or say why not: (token, "") or (None, reason)."""
         current = self.current
         if current is not None and current.worker_id != worker_id and self.alive(current.worker_id):
             return None, f"held by {current.worker_id}"
+        if answered_through < self.answered_through:  # behind the journal: it would answer actions again
+            return None, f"answered through {self.answered_through}, not {answered_through}: catch up first"
         if not self.answered_through < covers_seq <= self.journal.store.last_seq():
             return None, f"nothing to answer through seq {covers_seq} (answered through {self.answered_through})"
         if current is not None and current.worker_id == worker_id:
-            if current.covers_seq != covers_seq:
+            if current.covers_seq == covers_seq:
+                current.connection = connection
+                return current.token, ""  # a retried request: the same claim
+            if answered_through >= current.covers_seq:
                 # Its `done` travels the bus and this request a direct link, so it can overtake the done: the
                 # worker asks again once it sees its reply saved.
                 return None, f"the reply through seq {current.covers_seq} is not saved yet"
-            current.connection = connection
-            return current.token, ""  # a retried request: the same claim
-        if current is not None:
-            self.end(current, "lapsed")
+        if current is not None:  # lapsed, or its holder's reply failed or was lost: it asks for a new batch
+            self.end(current, "lapsed" if current.worker_id != worker_id else "replaced")
         with self.journal.entry(protocol.CLAIM_GRANTED) as data:
             data.update(worker_id=worker_id, covers_seq=covers_seq)
         self.current = Claim(self.journal.last_published.seq, worker_id, covers_seq, connection)
@@ -70,9 +75,9 @@ class Claims:
         return self.current.token, ""
 
     def release(self, worker_id: str, token: int, reason: str) -> None:
-        """The holder gave up (its reply failed): no entry, it retries with backoff or another worker asks."""
+        """The holder gave up (its reply failed): it retries with backoff, and the entry wakes the other workers."""
         if self.holds(worker_id, token):
-            self.end(self.current, reason, journaled=False)
+            self.end(self.current, reason)
 
     def holds(self, worker_id: object, token: object) -> bool:
         return self.current is not None and self.current.token == token and self.current.worker_id == worker_id
@@ -107,11 +112,11 @@ class Claims:
             self.heartbeats.pop(self.current.worker_id, None)
             self.end(self.current, "disconnected")
 
-    def end(self, claim: Claim, reason: str, journaled: bool = True) -> None:
-        if journaled:  # every worker sees it: the holder abandons the reply, the others may claim at once
-            # Written first: if the database refuses, the claim stays current and the next check ends it.
-            with self.journal.entry(protocol.CLAIM_ENDED) as data:
-                data.update(token=claim.token, worker_id=claim.worker_id, reason=reason)
+    def end(self, claim: Claim, reason: str) -> None:
+        # Every worker sees the entry: the holder abandons the reply, the others may claim at once. Written first:
+        # if the database refuses, the claim stays current and the next check ends it.
+        with self.journal.entry(protocol.CLAIM_ENDED) as data:
+            data.update(token=claim.token, worker_id=claim.worker_id, reason=reason)
         log.info("claim %d of worker %s ended: %s", claim.token, claim.worker_id, reason)
         if self.current is claim:
             self.current = None

@@ -4,7 +4,6 @@ one answers. Only the holder of the current claim is heard (see web/claims.py); 
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 import time
 
@@ -19,7 +18,7 @@ from web.clients import Clients
 from web.components import AssistantReply, ErrorNote, Reply, Status, WorkerStatus, oob, token_frame
 from web.journal import Journal
 
-REPLY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+REPLY_ID = protocol.WORD
 MAX_ERROR_CHARS = 1_000
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,11 @@ class Relay:
 
     def _start(self, data: dict) -> None:
         if self._heard(data):
-            self._streaming_reply(reply_id_of(data), data["token"])
+            reply_id = reply_id_of(data)
+            # The holder started again under the same claim (it asked again after a failure): the earlier start
+            # will never finish.
+            self._interrupt(data["token"], keep=reply_id)
+            self._streaming_reply(reply_id, data["token"])
             self.last_answering = data["worker_id"]
             self._refresh_status()
 
@@ -108,8 +111,10 @@ class Relay:
 
     def _done(self, data: dict) -> None:
         reply_id = reply_id_of(data)
-        if not self._heard(data) or self.journal.store.has_reply(reply_id):
+        if self.journal.store.has_reply(reply_id):
             return  # a resent `done` whose entry is saved: the worker sees the entry and stops sending it
+        if not self._heard(data):
+            return
         claim = self.claims.current
         if data["covers_seq"] != claim.covers_seq:
             raise ValueError(f"done covers seq {data['covers_seq']!r}, its claim {claim.covers_seq}")
@@ -132,10 +137,12 @@ class Relay:
     def _error(self, data: dict) -> None:
         if not self._heard(data):
             return
-        self.claims.release(data["worker_id"], data["token"], "failed")  # interrupts its reply (_claim_ended)
+        self._interrupt(data["token"])
         if not data.get("repeated"):  # a retry failing the same way: the status already says so
             message = str(data["message"])[:MAX_ERROR_CHARS]  # Ollama's error text is relayed: bound it
             self.clients.broadcast(oob(ErrorNote(message), target="chat-log"))
+        # Last: this writes to the journal, which may be the very thing failing (a reply that cannot be saved).
+        self.claims.release(data["worker_id"], data["token"], "failed")
 
     # workers and their heartbeats
 
@@ -168,18 +175,21 @@ class Relay:
     def _claim_ended(self, claim: Claim, reason: str) -> None:
         """A reply that will never finish is shown as interrupted, not left dangling; it is not saved, so another
         worker answers those actions again."""
-        for reply in [r for r in self.streaming.values() if r.token == claim.token]:
+        self._interrupt(claim.token)
+        if reason in ("lapsed", "disconnected"):  # the real cause, shown until the next reply is saved
+            self.lost = f"the answering worker {claim.worker_id} " + (
+                "stopped sending heartbeats" if reason == "lapsed" else "stopped or died")
+            log.warning("%s; another worker takes over", self.lost)
+            self._refresh_status()
+
+    def _interrupt(self, token: int, keep: str = "") -> None:
+        for reply in [r for r in self.streaming.values() if r.token == token and r.reply_id != keep]:
             self.streaming.pop(reply.reply_id, None)
             reply.text, reply.done_reason = "".join(reply.parts), "interrupted"
             if reply.text:
                 self.clients.broadcast(oob(AssistantReply(reply)))
             else:  # nothing was said: remove the empty bubble rather than keep a husk
                 self.clients.broadcast(Div(id=f"reply-{reply.reply_id}", hx_swap_oob="delete"))
-        if reason in ("lapsed", "disconnected"):  # the real cause, shown until the next reply is saved
-            self.lost = f"the answering worker {claim.worker_id} " + (
-                "stopped sending heartbeats" if reason == "lapsed" else "stopped or died")
-            log.warning("%s; another worker takes over", self.lost)
-            self._refresh_status()
 
 
 def summarise(workers: list[WorkerStatus], claim: Claim | None, lost: str, last_answering: str) -> WorkerStatus:

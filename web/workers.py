@@ -3,6 +3,7 @@ heartbeats (see the bus protocol), and watching its connections so a killed hold
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 
 import zmq
@@ -62,7 +63,11 @@ class WorkerRequests:
         if op == protocol.OP_CATCHUP:
             return protocol.encode_reply(op, request_id, **self.journal.catchup(request["after"]))
         if op == protocol.OP_CLAIM:
-            token, reason = self.claims.request(request["worker_id"], request["covers_seq"], connection)
+            try:
+                token, reason = self.claims.request(request["worker_id"], request["covers_seq"],
+                                                    request["answered_through"], connection)
+            except sqlite3.Error as error:  # busy or full: no claim now; the worker asks again on the next entry
+                token, reason = None, f"the journal cannot record a claim now ({error})"
             return protocol.encode_reply(op, request_id, token=token, reason=reason)
         self.claims.heartbeat(request["worker_id"])  # OP_HEARTBEAT: no reply
         return None
