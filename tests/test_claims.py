@@ -57,6 +57,14 @@ def test_three_workers_answer_every_action_and_burst_exactly_once(tmp_path, fake
         assert set(chats) <= {r["covers_seq"] for r in replies}, "every chat message gets its own reply"
 
 
+def reply_under_way(app: System, text: str):
+    """Send a chat message and return the llm.start of its reply once its first token is out."""
+    post(app, "/chat", text=text)
+    start = app.bus.wait_for("llm.start")
+    app.bus.wait_for("llm.token", reply_id=start.data["reply_id"])
+    return start
+
+
 def test_kill_9_of_the_answering_worker_hands_the_reply_to_another_at_once(tmp_path, fake_ollama):
     fake_ollama.knobs.tokens_per_s = 20
     fake_ollama.knobs.reply = lambda request: [" word"] * 40
@@ -64,9 +72,7 @@ def test_kill_9_of_the_answering_worker_hands_the_reply_to_another_at_once(tmp_p
         ready_workers(app, 2)
         tab = Tab(app.ws_url)
         try:
-            post(app, "/chat", text="tell me a long story")
-            start = app.bus.wait_for("llm.start")
-            app.bus.wait_for("llm.token", reply_id=start.data["reply_id"])
+            start = reply_under_way(app, "tell me a long story")
             app.worker_of(start.data["worker_id"]).popen.send_signal(signal.SIGKILL)
             ended = app.bus.wait_for("journal.claim.ended", token=start.data["token"])
             assert ended.data["reason"] == "disconnected"  # the closed connection told, not the lease
@@ -90,9 +96,7 @@ def test_a_frozen_worker_loses_its_claim_and_nothing_it_says_after_waking_is_kep
         tab = Tab(app.ws_url)
         frozen = None
         try:
-            post(app, "/chat", text="think slowly")
-            start = app.bus.wait_for("llm.start")
-            app.bus.wait_for("llm.token", reply_id=start.data["reply_id"])
+            start = reply_under_way(app, "think slowly")
             frozen = app.worker_of(start.data["worker_id"])
             frozen.popen.send_signal(signal.SIGSTOP)
             ended = app.bus.wait_for("journal.claim.ended", timeout_s=10, token=start.data["token"])

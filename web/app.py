@@ -34,7 +34,6 @@ from web.journal import Journal
 from web.ratelimit import TokenBucket
 from web.relay import Relay
 from web import workers
-from web.workers import WorkerRequests
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_TITLE_CHARS = 500
@@ -143,7 +142,7 @@ def create_app(settings: Settings) -> FastHTML:
         journal.publisher = Publisher(settings.bus_pub_addr, src="web", keys_dir=settings.bus_keys_dir)
         subscriber = Subscriber(settings.bus_sub_addr, [protocol.LLM], context, settings.bus_keys_dir)
         router = workers.bind(settings.journal_addr, context, settings.bus_keys_dir)
-        requests = WorkerRequests(router, journal, relay.claims)
+        requests = workers.WorkerRequests(router, journal, relay.claims)
         tasks = [
             supervised("journal server", requests.serve),
             supervised("connection watch", requests.watch_connections),
