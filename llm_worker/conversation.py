@@ -4,20 +4,27 @@ seq applied, what is already answered, the current todo list, and the prompt tha
 The prompt policy, chosen for Ollama's prompt cache (llama-server keeps the previous prompt's tokens and evaluates
 only what follows the longest common prefix; see ../shared/OLLAMA.md):
 
-- The prompt is the system prompt, then the history from `window_start` on, then the current todo list, then the
-  turn being answered. Everything before the todo list stays byte-identical from one reply to the next: new history
-  is only ever appended.
+- The prompt is the system prompt, then the todo list as it stood when the window began, then the history from
+  `window_start` on, ending with the turn being answered. All of it stays byte-identical from one reply to the next
+  until the window moves: new history is only ever appended.
 - When the history no longer fits the budget, the window moves in one big step: the oldest entries are dropped until
-  the history fills at most half the budget. The next replies then append to that same beginning until the budget
-  is full again, so the whole history is evaluated again once every half a budget, not on every reply (dropping
-  one message at a time changes the prefix right after the system prompt each time).
+  the history fills at most a quarter of the budget. The next replies then append to that same beginning until the
+  budget is full again, so what is left of the history is evaluated again once every three quarters of a budget,
+  not on every reply (dropping one message at a time changes the prefix right after the system prompt each time).
+  Keeping a quarter, not a half, makes the reply that moves the window cheaper and the moves rarer (bin/bench
+  figure 13: the slowest 5% of first tokens at 1.3× those of a new list instead of 2×), at the cost of a shorter
+  memory right after a move; the todo list carries what matters across it.
 - The budget is `num_ctx − num_predict`, with `num_ctx` never above the model's own context length (from
   /api/show), and tokens are estimated from characters at a rate measured on earlier replies (Ollama reports each
   prompt's exact token count), so a prompt never overflows: Ollama would silently cut its oldest part, and with it
   the cache.
-- The todo list changes with almost every action, so it goes at the end, just before the turn being answered. It
-  comes from the journal (and a snapshot in the first catch-up), so the model knows every todo even after the
-  entries that created it have left the window.
+- The todo list changes with almost every action, but the history after it holds every one of those actions: so
+  the list is the one from the window's start (taken again only when the window moves), and the list now is that
+  list plus the actions below it. A list placed at the end instead would be evaluated again on every reply, and
+  grow with the list: with hundreds of open todos, most of what a reply costs. It comes from the journal (and a
+  snapshot in the first catch-up), so the model knows every todo even after the entries that created it have left
+  the window. Open todos come first; when the list outgrows its share of the budget, the newest open ones are
+  listed and the rest counted.
 """
 from __future__ import annotations
 
@@ -34,7 +41,8 @@ CHARS_PER_TOKEN = 3  # before any reply says otherwise: a low estimate (English 
 CALIBRATION_MARGIN = 0.9  # the measured characters per token, shaded so a prompt errs on the short side
 CALIBRATION_REPLIES = 5  # the estimate is the lowest of the last this many measurements
 MESSAGE_OVERHEAD_TOKENS = 4  # role markers and separators per message in chat templates
-TODO_LIST_SHARE = 8  # the list may take 1/8 of the budget (it is evaluated anew on every reply); beyond it, the newest
+WINDOW_KEEP = 4  # a moving window keeps 1/4 of the history budget (why: the policy above)
+TODO_LIST_SHARE = 8  # the list may take 1/8 of the budget; beyond it, the newest open todos and counts
 
 
 class Applied(Enum):
@@ -58,6 +66,8 @@ class Conversation:
         self.own_unsaved: dict[str, int] = {}  # reply_id → covers_seq of own replies not saved yet
         self.todos: dict[int, tuple[str, bool]] = {}  # the list as the journal says it is now: id → (title, done)
         self.window_start = 0  # the position the prompt's history starts at (see the policy above)
+        self.window_todos: dict[int, tuple[str, bool]] = {}  # the list just before `window_start`
+        self.window_list = ""  # `window_todos` as the prompt shows it, fixed until the window moves
         self.measured_chars_per_token: deque[float] = deque(maxlen=CALIBRATION_REPLIES)
 
     @property
@@ -88,7 +98,7 @@ class Conversation:
         self.entries.clear()
         self.own_unsaved.clear()
         self.todos.clear()
-        self.window_start = 0
+        self.window_start, self.window_list = 0, ""
         self.last_seq = entries[0].seq - 1 if entries else head_seq
         self.saved_through = 0
         for entry in entries:
@@ -96,6 +106,10 @@ class Conversation:
         self.last_seq = max(self.last_seq, head_seq)
         if todos is not None:  # the list at the head, including todos whose "added" is older than the window
             self.todos = {todo_id: (title, done) for todo_id, title, done in todos}
+        # The list before the window, as near as the head's list tells: without the todos the window adds (its
+        # deletes are gone from the head's list already; its toggles and renames show their outcome early).
+        added = {e.data.get("id") for e in self.entries if e.type == protocol.TODO_ADDED}
+        self.window_todos = {todo_id: todo for todo_id, todo in self.todos.items() if todo_id not in added}
         if not entries:
             self.saved_through = head_seq  # an empty journal has nothing to answer
 
@@ -110,16 +124,8 @@ class Conversation:
             self.saved_through = max(self.saved_through, int(entry.data.get("covers_seq", 0)))
         elif entry.type not in protocol.CLAIM_TYPES:  # claims say who answers, they are not conversation
             self.entries.append(entry)
-            self._follow_list(entry)
+            follow_list(self.todos, entry)
         return Applied.APPLIED
-
-    def _follow_list(self, entry: Message) -> None:
-        data = entry.data
-        if entry.type == protocol.TODO_DELETED:
-            self.todos.pop(data.get("id"), None)
-        elif entry.type in protocol.TODO_ACTIONS and isinstance(data.get("id"), int):
-            title, done = self.todos.get(data["id"], ("", False))
-            self.todos[data["id"]] = (str(data.get("title", title)), bool(data.get("done", done)))
 
     def add_own_reply(self, done: dict) -> None:
         """The reply just finished (`done` is its llm.done data), before its journal entry comes back from the web:
@@ -172,41 +178,67 @@ class Conversation:
         return batch
 
     def prompt(self, through_seq: int, budget_tokens: int) -> list[dict]:
-        """The system prompt, the history up to `through_seq` from the window's start, and the todo list, within
-        `budget_tokens` (the policy is in this module's docstring)."""
-        todo_list = self._todo_list(budget_tokens // TODO_LIST_SHARE)
-        budget = budget_tokens - self.estimate_tokens(SYSTEM_PROMPT) - self.estimate_tokens(todo_list)
+        """The system prompt, the todo list at the window's start, and the history up to `through_seq` from there,
+        within `budget_tokens` (the policy is in this module's docstring)."""
+        list_budget = budget_tokens // TODO_LIST_SHARE
+        if not self.window_list:
+            self.window_list = todo_list(self.window_todos, list_budget, self.estimate_tokens)
+        budget = budget_tokens - self.estimate_tokens(SYSTEM_PROMPT)
         history = [(position(entry), *describe(entry)) for entry in self.entries
                    if self.window_start <= position(entry) <= through_seq]
         cost = sum(self.estimate_tokens(content) for _, _, content in history)
-        if cost > budget:  # one big step down to half the budget: the next replies share the new beginning
+        if cost > budget - self.estimate_tokens(self.window_list):
+            # One big step down to a quarter of the budget (leaving the list its whole share: it is taken again
+            # and may grow): the next replies share the new beginning.
             dropped = 0
             while dropped < len(history) and (
-                    cost > budget // 2 or (dropped and history[dropped][0] == history[dropped - 1][0])):
+                    cost > (budget - list_budget) // WINDOW_KEEP or (dropped and history[dropped][0] == history[dropped - 1][0])):
                 # (an action and the reply to it share a position: they leave the window together)
                 cost -= self.estimate_tokens(history[dropped][2])
                 dropped += 1
+            self._move_window(history[dropped][0] if dropped < len(history) else through_seq + 1, list_budget)
             history = history[dropped:]
-            self.window_start = history[0][0] if history else through_seq + 1
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "system", "content": self.window_list}]
         for _, role, content in history:
             if messages[-1]["role"] == role == "user":  # several actions in a row read as one turn
                 messages[-1]["content"] += "\n" + content
             else:
                 messages.append({"role": role, "content": content})
-        # The list changes with nearly every action: just before the turn being answered, after the cached part.
-        turn = [messages.pop()] if messages[-1]["role"] == "user" else []
-        return [*messages, {"role": "system", "content": todo_list}, *turn]
+        return messages
 
-    def _todo_list(self, budget_tokens: int) -> str:
-        """The current todos, open ones first, as compact lines; the newest that fit if they are many."""
-        lines = [f"#{todo_id} {title}" + (" (done)" if done else "")
-                 for todo_id, (title, done) in sorted(self.todos.items(), key=lambda item: (item[1][1], -item[0]))]
-        shown, cost = [], self.estimate_tokens("The todo list now:")
-        for line in lines:
-            cost += self.estimate_tokens(line) - MESSAGE_OVERHEAD_TOKENS + 1
-            if cost > budget_tokens:
-                break
-            shown.append(line)
-        more = f"\n(and {len(lines) - len(shown)} more)" if len(shown) < len(lines) else ""
-        return "The todo list now:\n" + ("\n".join(shown) if lines else "(empty)") + more
+    def _move_window(self, start: int, list_budget: int) -> None:
+        """The history now starts at position `start`: the actions that left it are folded into the list."""
+        for entry in self.entries:
+            if self.window_start <= position(entry) < start:
+                follow_list(self.window_todos, entry)
+        self.window_start = start
+        self.window_list = todo_list(self.window_todos, list_budget, self.estimate_tokens)
+
+
+def follow_list(todos: dict[int, tuple[str, bool]], entry: Message) -> None:
+    """Apply a todo action to a list (id → (title, done)); other entries leave it as it is."""
+    data = entry.data
+    if entry.type == protocol.TODO_DELETED:
+        todos.pop(data.get("id"), None)
+    elif entry.type in protocol.TODO_ACTIONS and isinstance(data.get("id"), int):
+        title, done = todos.get(data["id"], ("", False))
+        todos[data["id"]] = (str(data.get("title", title)), bool(data.get("done", done)))
+
+
+def todo_list(todos: dict[int, tuple[str, bool]], budget_tokens: int, estimate_tokens) -> str:
+    """The list as compact lines, open todos first (newest first), within `budget_tokens`; what does not fit is
+    counted, so the model knows the list is longer than what it sees."""
+    ordered = sorted(todos.items(), key=lambda item: (item[1][1], -item[0]))
+    header = "The todo list when the conversation below began (the actions below change it):"
+    shown, cost = [], estimate_tokens(header) + estimate_tokens("(and 00000 more open, 00000 done, not shown)")
+    for todo_id, (title, done) in ordered:
+        line = f"#{todo_id} {title}" + (" (done)" if done else "")
+        cost += estimate_tokens(line) - MESSAGE_OVERHEAD_TOKENS + 1
+        if cost > budget_tokens:
+            break
+        shown.append(line)
+    hidden = ordered[len(shown):]
+    if hidden:
+        done = sum(1 for _, (_, is_done) in hidden if is_done)
+        shown.append(f"(and {len(hidden) - done} more open, {done} done, not shown)")
+    return header + "\n" + ("\n".join(shown) if todos else "(empty)")

@@ -1,12 +1,12 @@
 """A fake Ollama server speaking the real HTTP API (see shared/OLLAMA.md): /, /api/version, /api/tags, /api/show,
 /api/ps and /api/chat with NDJSON streaming, real field names, status codes and error bodies. It records every
-request, and has knobs for speed, time to first token and faults. Runs uvicorn in a thread: `with FakeOllama() as f:`.
+request, and has knobs for speed, time to first token and faults. What the model runner costs (tokenizer, prompt
+cache, load time, keep-alive) is modelled in tests/fake_runner.py. Runs uvicorn in a thread: `with FakeOllama() as f:`.
 """
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import socket
 import threading
 import time
@@ -19,6 +19,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fake_runner import Evaluation, Runner
 
 VERSION = "0.13.0"
 
@@ -53,6 +55,8 @@ class Knobs:
     hold_after_tokens: int | None = None  # pause after this many tokens until FakeOllama.release() is called
     done_reason: str = "stop"
     chars_per_token: float = 4.0  # the tokenizer the final chunk's prompt_eval_count counts with
+    prompt_s_per_token: float = 0.0  # evaluating each prompt token after the cached prefix (before the first chunk)
+    load_s: float = 0.0  # loading a model that is not loaded (first use, or keep_alive ran out)
 
 
 class FakeOllama:
@@ -62,6 +66,8 @@ class FakeOllama:
         self.port = port or free_port()
         self.requests: list[dict] = []  # every /api/chat body that asks for a reply, in order
         self.loads: list[dict] = []  # every /api/chat body with empty messages (load the model), in order
+        self.evaluations: list[Evaluation] = []  # what each prompt it evaluated cost, in order
+        self._runners: dict[str, Runner] = {}  # model name → its runner (loaded or not, and its cached prompt)
         self.disconnects = 0  # streams the client closed before the end
         self.tokens_sent: list[tuple[float, str]] = []  # (time.time(), text) as each token is written
         self._changed = threading.Condition()
@@ -166,23 +172,38 @@ class FakeOllama:
             return JSONResponse({"error": f'model "{name}" not found, try pulling it first'}, status_code=404)
         if "completion" not in model.capabilities:
             return JSONResponse({"error": f'"{name}" does not support chat'}, status_code=400)
+        runner = self._runner(model.name)
         if loading:
+            await asyncio.sleep(runner.load(time.monotonic(), body.get("keep_alive")))
             load = {"model": name, "created_at": "2026-01-01T00:00:00Z", "message": {"role": "assistant",
                     "content": ""}, "done_reason": "load", "done": True}
             if body.get("stream", True) is False:
                 return JSONResponse(load)
             return StreamingResponse(iter([_line(load)]), media_type="application/x-ndjson")
-        if knobs.first_token_delay_s:
-            await asyncio.sleep(knobs.first_token_delay_s)  # like a loading model: not even headers yet
         if knobs.status != 200:
+            await asyncio.sleep(knobs.first_token_delay_s)
             return JSONResponse({"error": knobs.error_message}, status_code=knobs.status)
+        cost = runner.evaluate(body.get("messages") or [], time.monotonic(), body.get("keep_alive"))
+        self.evaluations.append(cost)
+        # Loading and evaluating the prompt come before the first chunk: not even headers are sent meanwhile.
+        await asyncio.sleep(knobs.first_token_delay_s + cost.first_token_s)
         tokens = knobs.reply(body)
-        prompt_tokens = prompt_token_count(body.get("messages") or [], knobs.chars_per_token)
         if body.get("stream", True) is False:
-            return JSONResponse(self._final(name, "".join(tokens), len(tokens), knobs.done_reason, prompt_tokens))
-        return StreamingResponse(self._stream(name, tokens, knobs, prompt_tokens), media_type="application/x-ndjson")
+            return JSONResponse(self._final(name, "".join(tokens), len(tokens), knobs.done_reason, cost))
+        return StreamingResponse(self._stream(name, tokens, knobs, cost), media_type="application/x-ndjson")
 
-    async def _stream(self, name: str, tokens: list[str], knobs: Knobs, prompt_tokens: int):
+    def _runner(self, name: str) -> Runner:
+        runner = self._runners.setdefault(name, Runner())
+        runner.chars_per_token, runner.prompt_s_per_token = self.knobs.chars_per_token, self.knobs.prompt_s_per_token
+        runner.load_s = self.knobs.load_s
+        return runner
+
+    def unload(self) -> None:
+        """As if keep_alive ran out for every model: the next request pays the load time again."""
+        for runner in self._runners.values():
+            runner.loaded_until = float("-inf")
+
+    async def _stream(self, name: str, tokens: list[str], knobs: Knobs, cost: Evaluation):
         finished = False
         try:
             for text in knobs.thinking:
@@ -200,7 +221,7 @@ class FakeOllama:
                     await asyncio.sleep(1 / knobs.tokens_per_s)
                 self.tokens_sent.append((time.time(), text))
                 yield _line(self._chunk(name, text))
-            yield _line(self._final(name, "", len(tokens), knobs.done_reason, prompt_tokens))
+            yield _line(self._final(name, "", len(tokens), knobs.done_reason, cost))
             finished = True
         finally:
             if not finished:
@@ -230,19 +251,15 @@ class FakeOllama:
             message["thinking"] = thinking
         return {"model": name, "created_at": _now(), "message": message, "done": False}
 
-    def _final(self, name: str, content: str, eval_count: int, done_reason: str, prompt_tokens: int) -> dict:
+    def _final(self, name: str, content: str, eval_count: int, done_reason: str, cost: Evaluation) -> dict:
+        # Durations are nanoseconds, as Ollama's; prompt_eval_duration covers only the evaluated (uncached) part.
+        load_ns, prompt_ns = int(cost.load_s * 1e9), int(cost.prompt_s * 1e9)
         return {
             "model": name, "created_at": _now(), "message": {"role": "assistant", "content": content},
-            "done": True, "done_reason": done_reason, "total_duration": 1_234_567_890,
-            "load_duration": 12_345_678, "prompt_eval_count": prompt_tokens, "prompt_eval_duration": 23_456_789,
+            "done": True, "done_reason": done_reason, "total_duration": load_ns + prompt_ns + 987_654_321,
+            "load_duration": load_ns, "prompt_eval_count": cost.prompt_tokens, "prompt_eval_duration": prompt_ns,
             "eval_count": eval_count, "eval_duration": 987_654_321,
         }
-
-
-def prompt_token_count(messages: list[dict], chars_per_token: float) -> int:
-    """The whole prompt's tokens as the fake's tokenizer counts them: its text at `chars_per_token`, plus 4 per
-    message for the chat template's role markers (what Ollama reports as prompt_eval_count)."""
-    return sum(math.ceil(len(str(m.get("content", ""))) / chars_per_token) + 4 for m in messages)
 
 
 def _line(obj: dict) -> bytes:

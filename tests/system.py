@@ -21,6 +21,7 @@ from services.protocol import Message, ProtocolError
 from tests.fake_ollama import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+HTMX = {"HX-Request": "true"}  # the header htmx sends: the web answers such requests with fragments
 STOP_TIMEOUT_S = 5  # honcho's budget too: every process must end within it after SIGTERM
 
 

@@ -1,6 +1,8 @@
 """The worker's view of the journal: what gets answered, in what batches, and the prompt within its budget."""
 from __future__ import annotations
 
+import re
+
 from services import protocol
 from services.protocol import Message
 from llm_worker.conversation import Applied, Conversation
@@ -52,7 +54,7 @@ def test_a_saved_reply_replaces_the_provisional_one_and_sits_after_what_it_answe
     conversation.apply(saved(3, 1, "answer", reply_id="r1"))
     assert conversation.unsaved_replies(older_than_s=0) == []
     roles = [m["role"] for m in conversation.prompt(through_seq=3, budget_tokens=4096)]
-    assert roles == ["system", "user", "assistant", "system", "user"]  # the todo list just before the turn
+    assert roles == ["system", "system", "user", "assistant", "user"]  # the todo list right after the persona
 
 
 def test_the_prompt_keeps_the_newest_history_that_fits_the_budget():
@@ -94,11 +96,11 @@ def test_consecutive_prompts_share_their_beginning_and_the_window_moves_in_big_s
             resets += shared <= 1  # only the system prompt in common: the whole history is evaluated again
             cached.append(shared / len(previous))
         previous = messages
-    # Each move frees half the history's budget (about 700 of 2,048 tokens once the list takes its quarter), room
-    # for ~18 more exchanges of ~36 tokens: ~22 moves in 400 replies, where dropping the oldest message each time
-    # would change the beginning on almost every reply ...
-    assert 10 <= resets <= 30
-    # ... and otherwise everything but the tail (the todo list and the turn answered) was reused.
+    # Each move frees three quarters of the history's budget (about 1,300 of 2,048 tokens), room for ~35 more
+    # exchanges of ~36 tokens: ~11 moves in 400 replies, where dropping the oldest message each time would change
+    # the beginning on almost every reply ...
+    assert 5 <= resets <= 30
+    # ... and otherwise everything but the tail (the turn answered) was reused.
     assert sorted(cached)[len(cached) // 2] > 0.9
 
 
@@ -110,26 +112,52 @@ def test_the_todo_list_is_in_every_prompt_even_when_its_actions_left_the_window(
     conversation.apply(toggled(301, 5, "chore 5", True))
     conversation.apply(chat(302, "what is still open?"))
     messages = conversation.prompt(through_seq=302, budget_tokens=600)
-    history = " ".join(m["content"] for m in messages[:-2])
+    history = " ".join(m["content"] for m in messages[2:])
     assert "added todo #5:" not in history  # the action that created it is long gone from the window
-    todo_list = messages[-2]["content"]
-    assert messages[-2]["role"] == "system" and messages[-1]["content"].endswith("what is still open?")
-    assert "#300 chore 300" in todo_list and "(and " in todo_list  # the newest that fit the list's share
-    assert todo_list.index("#300 chore 300") < todo_list.index("more)")
+    assert messages[1]["role"] == "system" and messages[-1]["content"].endswith("what is still open?")
+    # Every todo is accounted for: listed, added in the window after the list, or counted as not shown.
+    todo_list = messages[1]["content"]
+    listed = {int(n) for n in re.findall(r"^#(\d+) ", todo_list, re.M)}
+    added_since = {int(n) for n in re.findall(r"added todo #(\d+):", history)}
+    hidden = re.search(r"\(and (\d+) more open, 0 done, not shown\)", todo_list)
+    assert listed and added_since and hidden and not listed & added_since
+    assert len(listed) + len(added_since) + int(hidden.group(1)) == 300
+    assert max(listed) + 1 == min(added_since)  # the newest open todos before the window are the ones listed
+
+
+def test_the_list_before_the_window_moves_only_with_the_window():
+    conversation = Conversation()
+    conversation.load_window([], 0)
+    lists = []
+    for seq in range(1, 201):
+        conversation.apply(added(2 * seq - 1, f"chore {seq}"))
+        lists.append(conversation.prompt(through_seq=2 * seq - 1, budget_tokens=800)[1]["content"])
+        conversation.apply(saved(2 * seq, 2 * seq - 1, f"noted {seq}", reply_id=f"r{seq}"))
+    changes = [index for index in range(1, len(lists)) if lists[index] != lists[index - 1]]
+    assert 3 <= len(changes) <= 40  # taken again when the window moves, not on each of 200 replies
+    assert lists[0].endswith("(empty)") and "chore 172\n" in lists[-1]  # what left the window is in the list
 
 
 def test_a_cold_start_takes_the_list_from_the_snapshot_not_from_the_window():
     conversation = Conversation()
     conversation.load_window([toggled(10, 1, "old chore", True), chat(11, "what is open?")], 11,
                              todos=[(1, "old chore", True), (2, "older chore", False)])
-    todo_list = conversation.prompt(through_seq=11, budget_tokens=2048)[-2]["content"]
+    todo_list = conversation.prompt(through_seq=11, budget_tokens=2048)[1]["content"]
     assert todo_list.splitlines()[1:] == ["#2 older chore", "#1 old chore (done)"]  # open ones first
+
+
+def test_a_cold_start_leaves_the_todos_the_window_adds_to_the_window():
+    conversation = Conversation()
+    conversation.load_window([added(10, "new chore"), chat(11, "what is open?")], 11,
+                             todos=[(1, "old chore", False), (10, "new chore", False)])
+    todo_list = conversation.prompt(through_seq=11, budget_tokens=2048)[1]["content"]
+    assert todo_list.splitlines()[1:] == ["#1 old chore"]  # #10 is added below it, not listed twice
 
 
 def session_over_budget(calibrated: bool, budget: int = 1500, chars_per_token: float = 2.5) -> list[bool]:
     """300 chat turns with a model whose tokenizer makes 2.5 characters a token (denser than the first guess of 3):
     for each prompt, whether its real token count is over the budget."""
-    from tests.fake_ollama import prompt_token_count
+    from tests.fake_runner import prompt_token_count
     conversation = Conversation()
     conversation.load_window([], 0)
     over = []

@@ -1,10 +1,13 @@
 """Keeps the fake honest: the official `ollama` client parses its answers, as it would a real server's."""
 from __future__ import annotations
 
+import math
+
 import ollama
 import pytest
 
 from tests.fake_ollama import FakeModel, FakeOllama
+from tests.fake_runner import Runner, keep_alive_s, prompt_token_count, tokenize
 
 
 def test_the_official_client_accepts_the_fake():
@@ -26,3 +29,34 @@ def test_the_official_client_accepts_the_fake():
             client.chat(model="nomic-embed-text", messages=[{"role": "user", "content": "hi"}])
         assert embedding.value.status_code == 400 and "does not support chat" in embedding.value.error
         assert len(fake.requests) == 3
+
+
+def test_the_fake_evaluates_only_what_follows_the_cached_prefix_and_says_so():
+    first = [{"role": "system", "content": "persona " * 20}, {"role": "user", "content": "hello"}]
+    second = [*first, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "and now?"}]
+    changed = [{"role": "system", "content": "another persona " * 10}, *second[1:]]
+    with FakeOllama() as fake:
+        fake.knobs.prompt_s_per_token = 0.001
+        client = ollama.Client(host=fake.url, timeout=5)
+        finals = [list(client.chat(model="fake-model", messages=m, stream=True))[-1] for m in (first, second, changed)]
+    whole = [prompt_token_count(m, fake.knobs.chars_per_token) for m in (first, second, changed)]
+    assert [f.prompt_eval_count for f in finals] == whole  # the whole prompt, cached part included
+    evaluated = [e.evaluated_tokens for e in fake.evaluations]
+    assert evaluated == [whole[0], whole[1] - whole[0], whole[2] - 3]  # only the start and the role are shared
+    assert [f.prompt_eval_duration for f in finals] == [n * 1_000_000 for n in evaluated]
+
+
+def test_the_fake_charges_a_load_only_when_the_model_is_not_loaded():
+    runner = Runner(load_s=2.0)
+    assert runner.load(now=0, keep_alive="30m") == 2.0
+    assert runner.evaluate([{"role": "user", "content": "hi"}], now=100, keep_alive="30m").load_s == 0
+    assert runner.evaluate([{"role": "user", "content": "hi"}], now=100 + 30 * 60 + 3, keep_alive=10).load_s == 2.0
+    assert runner.slot == tokenize([{"role": "user", "content": "hi"}], 4.0)  # a fresh load starts with no cache
+    assert runner.load(now=5000, keep_alive=-1) == 2.0 and runner.load(now=10**9, keep_alive=0) == 0
+    assert runner.load(now=10**9, keep_alive="5m") == 2.0  # keep_alive 0 unloaded it
+
+
+@pytest.mark.parametrize("value, seconds", [("30m", 1800), ("10s", 10), ("1h", 3600), ("250ms", 0.25), (90, 90),
+                                            (-1, math.inf), ("-1m", math.inf), (None, 300), ("soon", 300)])
+def test_keep_alive_reads_as_ollama_reads_it(value, seconds):
+    assert keep_alive_s(value) == seconds

@@ -11,9 +11,8 @@ import pytest
 
 from services.busclient import MAX_MESSAGE_BYTES
 from services.text import MAX_REPLY_CHARS, is_valid_unicode, valid_unicode
-from tests.system import System, running
+from tests.system import HTMX, System, running
 
-HTMX = {"HX-Request": "true"}
 HUGE_ID = "99999999999999999999999"  # beyond SQLite's signed 64-bit integers
 LONE_SURROGATE = '"hi \\ud800 there"'  # JSON's escape, as a client sends it: Python decodes it to a lone surrogate
 

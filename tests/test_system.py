@@ -17,10 +17,8 @@ import zmq
 
 from services import protocol
 from tests.fake_ollama import FakeOllama
-from tests.system import ROOT, System, Tab, running
+from tests.system import HTMX, ROOT, System, Tab, running
 from web.components import body_id
-
-HTMX = {"HX-Request": "true"}
 
 
 def post(app: System, path: str, **form) -> httpx.Response:
@@ -291,12 +289,14 @@ def test_the_model_is_told_the_whole_list_even_when_its_actions_left_the_window(
         app.bus.wait_for("journal.reply.saved", timeout_s=15, covers_seq=chat.seq)
     messages = fake_ollama.requests[-1]["messages"]
     assert "added todo #2:" not in str(messages)  # its action is outside the window the worker read
-    todo_list = messages[-2]["content"].splitlines()
-    assert "#2 chore 2" in todo_list and "#1 chore 1 (done)" in todo_list and "#12 chore 12" in todo_list
+    todo_list = messages[1]["content"].splitlines()  # the list before the history the worker read
+    assert "#2 chore 2" in todo_list and "#1 chore 1 (done)" in todo_list
+    assert "added todo #12:" in str(messages[2:]) and "#12 chore 12" not in todo_list  # added below: not twice
     assert messages[-1]["content"] == "what is still open?"
 
 
 def test_the_model_is_loaded_before_the_first_comment_and_every_request_keeps_it_loaded(tmp_path, fake_ollama):
+    fake_ollama.knobs.load_s = 0.5
     with running(tmp_path, fake_ollama.url, OLLAMA_KEEP_ALIVE="45m") as app:
         loading = app.bus.wait_for("llm.status", timeout_s=15, state="loading")
         assert "fake-model:latest" in loading.data["reason"]
@@ -308,10 +308,12 @@ def test_the_model_is_loaded_before_the_first_comment_and_every_request_keeps_it
     assert fake_ollama.requests[0]["keep_alive"] == "45m"
     assert fake_ollama.requests[0]["options"]["num_ctx"] == fake_ollama.loads[0]["options"]["num_ctx"]
     assert saved.data["stats"]["eval_count"] == len(saved.data["text"].split())  # Ollama's numbers are kept
+    assert fake_ollama.evaluations[0].load_s == 0 and saved.data["stats"]["load_duration"] == 0  # loaded before
 
 
 def test_prompts_fit_the_models_own_context_once_its_tokenizer_is_measured(tmp_path):
-    from tests.fake_ollama import FakeModel, prompt_token_count
+    from tests.fake_ollama import FakeModel
+    from tests.fake_runner import prompt_token_count
     with FakeOllama(models=[FakeModel("small:latest", context_length=2048)]) as fake:
         fake.knobs.chars_per_token = 2.5  # denser than the worker's first guess
         with running(tmp_path, fake.url, ACTIONS_PER_S="1000", ACTION_BURST="1000") as app:  # OLLAMA_NUM_CTX 4096
@@ -322,6 +324,10 @@ def test_prompts_fit_the_models_own_context_once_its_tokenizer_is_measured(tmp_p
                 sent = app.bus.wait_for("journal.chat.sent", text=text)
                 app.bus.wait_for("journal.reply.saved", timeout_s=15, covers_seq=sent.seq)
         sizes = [prompt_token_count(request["messages"], 2.5) for request in fake.requests]
+        evaluated = [cost.evaluated_tokens / cost.prompt_tokens for cost in fake.evaluations]
     assert {request["options"]["num_ctx"] for request in fake.requests} == {2048}  # never more than the model has
     assert max(sizes) > 1000  # the history did fill the window
     assert max(sizes[5:]) <= 2048 - 512  # num_ctx − num_predict, once the first replies have been measured
+    # Ollama's prompt cache did its work: most replies evaluated only their own turn and the one before, and on
+    # average well under half the prompt (each turn here is ~100 tokens of a prompt of up to ~1,500).
+    assert sorted(evaluated)[len(evaluated) // 2] < 0.25 and sum(evaluated[5:]) / len(evaluated[5:]) < 0.4

@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from tests.bench.figures import live_figures, long_history, ratio, zmq_floor
-from tests.bench.prompt_cache import prompt_cache
+from tests.bench.prompt_cache import first_comment, prompt_cache
 from tests.bench.harness import QUICK, Config, FakeOllamaProcess, bench_system, progress
 from tests.bench.report import judge, table
 from tests.bench.workers import several_workers, worker_scaling
@@ -61,8 +61,10 @@ def run(config: Config, compression: str | None = "deflate") -> dict:
             results.update(with_workers(tmp_path / f"workers-{WORKERS}", fake, config, compression))
         finally:
             fake.stop()
-    progress("13: prompt tokens evaluated per reply, today's prompt policy against the one before")
-    results["prompt_cache"] = prompt_cache()
+        progress("13: prompt tokens evaluated per reply, today's prompt policy against the one before")
+        results["prompt_cache"] = prompt_cache()
+        progress("13: the first comment after start, with a model that takes seconds to load")
+        results["prompt_cache"]["first_comment"] = first_comment(tmp_path / "first-comment")
     floor = results["floor"]["latency_ms"]
     results["relay"]["ratio_to_floor"] = ratio(results["relay"]["overhead_ms"], floor)
     results["action_to_first_token"]["ratio_to_floor"] = ratio(results["action_to_first_token"]["overhead_ms"], floor)

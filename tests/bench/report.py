@@ -13,6 +13,7 @@ RSS_GROWTH_MAX = 0.10  # "flat": each process at most 10 % bigger with 10x the j
 FAILOVER_P99_MS = 1_000
 WORKERS_WORSE_MAX = 0.10  # no figure with several workers worse than with one by more than this
 PROMPT_CACHE_FEWER_MIN = 4  # issue 10: at least 4x fewer uncached prompt tokens per reply after 100+ actions
+FIRST_TOKEN_GROWTH_MAX = 1.5  # issue 10: p95 time to first token after 1,000 actions over that after 10
 STREAMS = ("relay", "action_to_first_token", "throughput", "throughput_unthrottled", "fan_out", "post_while_streaming")
 
 
@@ -65,6 +66,13 @@ def judge_prompt_cache(figure: dict) -> bool:
         "prompts_over_budget_after_5"] == 0 for n in figure["new"] if int(n) >= 100)
 
 
+def first_token_growth(figure: dict) -> float:
+    """p95 time to first token after the most actions over the same after the fewest (target: at most 1.5)."""
+    new = figure["new"]
+    fewest, most = min(new, key=int), max(new, key=int)
+    return new[most]["first_token_ms"]["p95"] / new[fewest]["first_token_ms"]["p95"]
+
+
 def judge(results: dict) -> dict[str, bool | None]:
     history = results["long_history"]
     largest = history[max(history, key=int)]
@@ -85,6 +93,8 @@ def judge(results: dict) -> dict[str, bool | None]:
         "memory_flat": None if growth is None else growth <= RSS_GROWTH_MAX,
         **judge_workers(results),
         "prompt_cache": judge_prompt_cache(results["prompt_cache"]),
+        "first_token_growth": first_token_growth(results["prompt_cache"]) <= FIRST_TOKEN_GROWTH_MAX,
+        "first_comment_load": results["prompt_cache"]["first_comment"]["load_in_first_comment_ms"] == 0,
     }
 
 
@@ -170,17 +180,29 @@ def table(results: dict) -> str:
 
 def prompt_cache_rows(figure: dict, met: dict) -> list[str]:
     rows = [f"13 prompt tokens Ollama evaluates per reply, num_ctx {figure['num_ctx']:,}, "
-            f"{figure['chars_per_token']} chars/token (p50 | p99 | max: mean)"]
+            f"{figure['chars_per_token']} chars/token (p50 | p95 | mean)"]
     for actions, new in figure["new"].items():
+        for label, stats in (("before (drop one)", figure["old"][actions]["uncached_tokens"]),
+                             ("now (big step)", new["uncached_tokens"])):
+            rows.append(row(f"  after {int(actions):,} actions: {label}", stats | {"p99": stats["p95"],
+                                                                                    "max": stats["mean"]}))
         old = figure["old"][actions]
-        rows.append(row(f"  after {int(actions):,} actions: before (drop one)", old["uncached_tokens"] | {
-            "max": old["uncached_tokens"]["mean"]}, value=None))
-        rows.append(row(f"  after {int(actions):,} actions: now (big step)", new["uncached_tokens"] | {
-            "max": new["uncached_tokens"]["mean"]}))
         rows.append(row(f"    {figure['fewer_uncached_x'][actions]:.1f}x fewer; prompts over budget before | now",
                         value=old["prompts_over_budget_after_5"], n=new["prompts_over_budget_after_5"],
                         target=f">= {PROMPT_CACHE_FEWER_MIN}x, 0 over" if int(actions) >= 100 else "",
                         met=met["prompt_cache"] if int(actions) >= 100 else ""))
+    rows.append(f"  time to first token, ms, prompts evaluated at {figure['prompt_tokens_per_s']} tokens/s "
+                "(p50 | p95 | max)")
+    for actions, new in figure["new"].items():
+        for label, stats in (("before", figure["old"][actions]["first_token_ms"]), ("now", new["first_token_ms"])):
+            rows.append(row(f"  after {int(actions):,} actions: {label}", stats | {"p99": stats["p95"]}))
+    rows.append(row(f"  now: p95 after {max(map(int, figure['new'])):,} actions / after "
+                    f"{min(map(int, figure['new']))}", value=first_token_growth(figure),
+                    target=f"<= {FIRST_TOKEN_GROWTH_MAX}x", met=met["first_token_growth"]))
+    first = figure["first_comment"]
+    rows.append(row(f"  first comment after start: load time in its first token, ms (load {first['model_load_ms']:g})",
+                    value=first["load_in_first_comment_ms"], n=first["first_token_ms"], target="0",
+                    met=met["first_comment_load"]))
     return rows
 
 
