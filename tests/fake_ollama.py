@@ -65,6 +65,7 @@ class FakeOllama:
         self.knobs = Knobs()
         self.port = port or free_port()
         self.requests: list[dict] = []  # every /api/chat body that asks for a reply, in order
+        self.request_times: list[float] = []  # time.time() each of `requests` arrived
         self.loads: list[dict] = []  # every /api/chat body with empty messages (load the model), in order
         self.evaluations: list[Evaluation] = []  # what each prompt it evaluated cost, in order
         self._runners: dict[str, Runner] = {}  # model name → its runner (loaded or not, and its cached prompt)
@@ -162,6 +163,8 @@ class FakeOllama:
         body = await request.json()
         loading = body.get("messages") == []  # load the model: answers once, done_reason "load"
         (self.loads if loading else self.requests).append(body)
+        if not loading:
+            self.request_times.append(time.time())
         self._notify()
         knobs = self.knobs
         name = body.get("model") or ""

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from tests.bench.figures import live_figures, long_history, ratio, zmq_floor
+from tests.bench.browser import first_visible_token
 from tests.bench.prompt_cache import first_comment, prompt_cache
 from tests.bench.harness import QUICK, Config, FakeOllamaProcess, bench_system, progress
 from tests.bench.report import judge, table
@@ -58,6 +59,8 @@ def run(config: Config, compression: str | None = "deflate") -> dict:
                 progress(f"8: long history, {entries:,} journal entries")
                 results["long_history"][str(entries)] = long_history(tmp_path / f"history-{entries}", fake.url,
                                                                      entries, config.page_loads)
+            progress("15: chromium, Send → first visible token")
+            results["browser_first_token"] = first_visible_token(tmp_path / "browser", fake, config.browser_rounds)
             results.update(with_workers(tmp_path / f"workers-{WORKERS}", fake, config, compression))
         finally:
             fake.stop()

@@ -55,12 +55,13 @@ class Config:
     failover_tokens: int = 200  # the reply interrupted by each kill: slow, so it is still streaming when killed
     failover_tokens_per_s: float = 50
     duplicate_actions: int = 500
+    browser_rounds: int = 20
 
 
 QUICK = Config(relay_tokens=40, relay_tokens_per_s=400, action_samples=3, throughput_tokens=300, fan_out_clients=5,
                fan_out_tokens=20, fan_out_tokens_per_s=200, post_clients=3, post_samples=10,
                history_sizes=(200, 1_000), page_loads=3, floor_messages=300, failover_kills=3,
-               duplicate_actions=40)
+               duplicate_actions=40, browser_rounds=3)
 
 
 # statistics
@@ -117,6 +118,8 @@ def serve_fake(conn) -> None:
             elif command == "take_sent":
                 sent, fake.tokens_sent = fake.tokens_sent, []
                 conn.send(sent)
+            elif command == "request_times":
+                conn.send(fake.request_times)
             else:
                 conn.send(None)
                 return
@@ -154,6 +157,10 @@ class FakeOllamaProcess:
     def take_sent(self) -> dict[str, float]:
         """Every token written since the last call: text → time.time() it was written, in the order written."""
         return {text: written_at for written_at, text in self._ask("take_sent")}
+
+    def request_times(self) -> list[float]:
+        """time.time() each chat request arrived (reply number n is index n − 1)."""
+        return self._ask("request_times")
 
     def stop(self) -> None:
         try:

@@ -1,0 +1,110 @@
+"""Figure 15 (issue 10): in Debian's chromium, a click on Send → the reply's first token visible in the page, minus
+the model's own time to first token, and where the rest goes. Each hop is read off a clock every process shares:
+the page's (performance.timeOrigin + now), the bus envelopes' `ts` (stamped by the sender), and the fake Ollama's
+record of when a request arrived and when it wrote the first token. The fake runs in its own process, as in the
+other figures, with no time to first token of its own."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+from services import protocol
+from tests.bench.harness import FakeOllamaProcess, StampedTap, bench_system, summary
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+WAIT_MS = 15_000
+# The page records when Send is clicked and when the marker text first shows in the chat log (a mutation observer
+# runs before the next paint, so this is when the token becomes visible, give or take a frame).
+WATCH = """marker => { window.firstShown = new Promise(resolve => {
+  const now = () => performance.timeOrigin + performance.now();
+  const log = document.getElementById("chat-log");
+  const seen = new MutationObserver(() => {
+    if (log.textContent.includes(marker)) {
+      seen.disconnect();
+      resolve({clicked: window.clickedAt, arrived: window.arrivedAt, shown: now()});
+    }
+  });
+  const arrival = event => {
+    if (String(event.detail.message).includes(marker)) {
+      window.arrivedAt = now();
+      document.body.removeEventListener("htmx:wsBeforeMessage", arrival);
+    }
+  };
+  document.body.addEventListener("htmx:wsBeforeMessage", arrival);
+  seen.observe(log, {childList: true, subtree: true, characterData: true});
+  document.querySelector("#chat-form button[type=submit]").addEventListener(
+    "click", () => { window.clickedAt = now(); }, {capture: true, once: true});
+}); }"""
+HOPS = ("click → chat journaled (htmx POST, SQLite, publish)", "journaled → claim granted (bus, worker's request)",
+        "claim granted → worker's llm.start", "llm.start → Ollama request arrives (HTTP)",
+        "first token written → worker publishes it", "published → frame in the page (bus, relay, WebSocket)",
+        "frame in the page → visible (htmx swap)")
+
+
+def first_visible_token(tmp_path: Path, fake: FakeOllamaProcess, rounds: int) -> dict:
+    first_reply = fake.set(tokens=4) + 1
+    with bench_system(tmp_path, fake.url) as app:
+        tap = StampedTap(app.settings.bus_sub_addr, (protocol.JOURNAL, protocol.LLM_START, protocol.LLM_TOKEN))
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    samples = run_rounds(browser.new_page(), app, fake, tap, first_reply, rounds)
+                finally:
+                    browser.close()
+        finally:
+            tap.close()
+    overheads = [s["total"] - s["model"] for s in samples]
+    return {"rounds": len(samples), "overhead_ms": summary(overheads, 1000),
+            "model_first_token_ms": summary([s["model"] for s in samples], 1000),
+            "hops_ms": {hop: summary([s["hops"][i] for s in samples], 1000) for i, hop in enumerate(HOPS)}}
+
+
+def run_rounds(page, app, fake: FakeOllamaProcess, tap: StampedTap, first_reply: int, rounds: int) -> list[dict]:
+    page.goto(app.url)
+    page.get_by_role("status").filter(has_text="ready").wait_for(timeout=WAIT_MS)
+    shown = []
+    for number in range(rounds + 1):  # the first round warms up (first request, first render): not counted
+        page.evaluate(WATCH, first_token(first_reply + number))
+        page.get_by_label("Message").fill(f"question {number}")
+        page.get_by_role("button", name="Send").click()
+        shown.append((page.evaluate("window.firstShown"), wait_saved(app, f"question {number}")))
+    written, arrived = fake.take_sent(), fake.request_times()
+    return [sample(times, written, arrived, tap, chat, first_reply + number)
+            for number, (times, chat) in enumerate(shown) if number]
+
+
+def first_token(reply: int) -> str:
+    return f"r{reply}t00000 "  # harness.NumberedReply's first token of that reply
+
+
+def wait_saved(app, text: str):
+    chat = app.bus.wait_for("journal.chat.sent", timeout_s=WAIT_MS / 1000, text=text)
+    app.bus.wait_for("journal.reply.saved", timeout_s=WAIT_MS / 1000, covers_seq=chat.seq)
+    return chat
+
+
+def sample(times: dict, written: dict[str, float], arrived: list[float], tap: StampedTap, chat, reply: int) -> dict:
+    messages = [message for _, message in tap.messages.items]
+    granted = next(m for m in messages if m.type == protocol.CLAIM_GRANTED and m.data["covers_seq"] == chat.seq)
+    start = next(m for m in messages if m.type == protocol.LLM_START and m.data["covers_seq"] == chat.seq)
+    token = next(m for m in messages if m.type == protocol.LLM_TOKEN and m.data["reply_id"] == start.data["reply_id"])
+    request_at, written_at = arrived[reply - 1], written[first_token(reply)]
+    clicked, arrived_at, shown = times["clicked"] / 1000, times["arrived"] / 1000, times["shown"] / 1000
+    hops = [chat.ts - clicked, granted.ts - chat.ts, start.ts - granted.ts, request_at - start.ts,
+            token.ts - written_at, arrived_at - token.ts, shown - arrived_at]
+    return {"total": shown - clicked, "model": written_at - request_at, "hops": hops}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    import tempfile
+    fake_process = FakeOllamaProcess()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+            print(json.dumps(first_visible_token(Path(tmp), fake_process, rounds), indent=1))
+    finally:
+        fake_process.stop()
