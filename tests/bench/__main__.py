@@ -18,7 +18,7 @@ from tests.bench.harness import QUICK, Config, FakeOllamaProcess, bench_system, 
 from tests.bench.report import judge, table
 from tests.bench.workers import several_workers, worker_scaling
 
-WORKERS = 3  # figures 10 to 12
+WORKERS = 3  # figures 10 to 12, unless --workers says otherwise
 
 
 # the whole run
@@ -29,20 +29,21 @@ def machine() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
-def with_workers(tmp_path: Path, fake: FakeOllamaProcess, config: Config, compression: str | None) -> dict:
-    """Figures 1 to 6 again, then 10 and 11, on a system with WORKERS workers (figure 7 kills *the* worker: not
+def with_workers(tmp_path: Path, fake: FakeOllamaProcess, config: Config, compression: str | None,
+                 workers: int) -> dict:
+    """Figures 1 to 6 again, then 10 and 11, on a system with several workers (figure 7 kills *the* worker: not
     meaningful with several; figure 8 does not involve the workers)."""
-    progress(f"starting bus, web and {WORKERS} workers (under bin/respawn)")
+    progress(f"starting bus, web and {workers} workers (under bin/respawn)")
     fake.take_sent()  # nothing written before belongs to these figures
-    with bench_system(tmp_path, fake.url, respawn=True, workers=WORKERS) as app:
-        progress(f"1-6 again with {WORKERS} workers")
+    with bench_system(tmp_path, fake.url, respawn=True, workers=workers) as app:
+        progress(f"1-6 again with {workers} workers")
         results = {"several_workers": asyncio.run(live_figures(app, fake, config, compression, recovery=False))}
-        results["several_workers"]["workers"] = WORKERS
-        results.update(asyncio.run(several_workers(app, fake, config, WORKERS)))
+        results["several_workers"]["workers"] = workers
+        results.update(asyncio.run(several_workers(app, fake, config, workers)))
     return results
 
 
-def run(config: Config, compression: str | None = "deflate") -> dict:
+def run(config: Config, compression: str | None = "deflate", workers: int = WORKERS) -> dict:
     results = {"machine": machine(), "config": asdict(config) | {"compression": compression}}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -61,7 +62,7 @@ def run(config: Config, compression: str | None = "deflate") -> dict:
                                                                      entries, config.page_loads)
             progress("15: chromium, Send → first visible token")
             results["browser_first_token"] = first_visible_token(tmp_path / "browser", fake, config.browser_rounds)
-            results.update(with_workers(tmp_path / f"workers-{WORKERS}", fake, config, compression))
+            results.update(with_workers(tmp_path / f"workers-{workers}", fake, config, compression, workers))
         finally:
             fake.stop()
         progress("13: prompt tokens evaluated per reply, today's prompt policy against the one before")
@@ -86,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write the figures (default: %(default)s)")
     parser.add_argument("--no-compression", action="store_true",
                         help="tabs do not offer permessage-deflate (browsers do): shows what compression costs")
+    parser.add_argument("--workers", type=int, default=WORKERS, choices=range(2, 9), metavar="{2..8}",
+                        help="workers for figures 10 to 12 (default: %(default)s)")
     args = parser.parse_args(argv)
-    results = run(QUICK if args.quick else Config(), None if args.no_compression else "deflate")
+    results = run(QUICK if args.quick else Config(), None if args.no_compression else "deflate", args.workers)
     results["quick"] = args.quick
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
