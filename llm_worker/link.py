@@ -52,8 +52,16 @@ class JournalLink:
     def heartbeat(self) -> None:
         """The lease on our claim: sent straight to the web, so it holds while the bus restarts. Never waits: with
         the web away long enough to fill the queue, a heartbeat is worth nothing anyway."""
-        sent = self.dealer.send(protocol.encode_request(protocol.OP_HEARTBEAT, next(self._request_ids),
-                                                        worker_id=self.worker_id), zmq.NOBLOCK)
+        self._tell(protocol.OP_HEARTBEAT)
+
+    def release(self, token: int) -> None:
+        """Give back a claim the web offered that we will not use now (see the protocol's "Offers")."""
+        self._tell(protocol.OP_RELEASE, token=token)
+
+    def _tell(self, op: str, **fields) -> None:
+        """A request with no reply, sent without waiting."""
+        sent = self.dealer.send(protocol.encode_request(op, next(self._request_ids), worker_id=self.worker_id,
+                                                        **fields), zmq.NOBLOCK)
         # zmq.asyncio returns a future: done at once (Again when the queue is full), or queued behind a pending send.
         if sent.done() and sent.exception() is not None and not isinstance(sent.exception(), zmq.Again):
             raise sent.exception()

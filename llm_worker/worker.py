@@ -49,6 +49,7 @@ class Worker:
         self.journal_id = ""  # the journal we follow: another one means its data was reset
         self._resync = asyncio.Event()  # a gap was seen while applying: catch up again
         self.token: int | None = None  # the claim we answer under now
+        self._offer: tuple[int, int] | None = None  # (token, covers_seq) of a claim the web granted unasked
         self._claim_lost = False
         self._resends: dict[str, int] = {}  # reply_id → times its done was sent again
         self._old_checked_at = 0.0
@@ -106,6 +107,9 @@ class Worker:
             self._resync.set()
         elif applied is Applied.APPLIED and entry.type == protocol.CLAIM_ENDED:
             self._claim_ended(entry.data.get("token"))
+        elif (applied is Applied.APPLIED and live and entry.type == protocol.CLAIM_GRANTED
+              and entry.data.get("worker_id") == self.worker_id and entry.seq != self.token):
+            self._offer = (entry.seq, entry.data.get("covers_seq"))  # (not one we asked for and are answering)
 
     async def _catch_up(self, after: int | None) -> None:
         """Ask the web's journal for entries after `after` (None: the recent window) until we reach its head. A
@@ -137,13 +141,19 @@ class Worker:
         await self._probe()  # shows the model (or what is wrong) in the page before anyone asks anything
         while True:
             batch = self.conversation.next_batch()
+            offer, self._offer = self._offer, None
             # While offline, try once anyway if the person has not been told why in the chat yet.
             if batch and (self.state != "offline" or self.reason != self._last_error):
-                token, reason = await self.link.claim(batch[-1].seq, self.conversation.answered_through)
+                if offer is not None and offer[1] == batch[-1].seq:
+                    token, reason = offer[0], ""  # granted with the action: no need to ask
+                else:  # (an offer for another batch is replaced by this request)
+                    token, reason = await self.link.claim(batch[-1].seq, self.conversation.answered_through)
                 if token is not None:
                     await self._answer_under(token, batch)
                     continue
                 log.debug("not answering through seq %d: %s", batch[-1].seq, reason)
+            elif offer is not None:
+                self.link.release(offer[0])
             try:
                 # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancel (shutdown would hang).
                 async with asyncio.timeout(self._retry_s if self.state == "offline" else None):
@@ -164,6 +174,8 @@ class Worker:
             if not self._generation.done():
                 self._generation.cancel()  # shutting down
             self._generation, self.token = None, None
+            if self._offer is not None and self._offer[0] == token:
+                self._offer = None  # its grant arrived after we had asked for it ourselves: it is this claim
 
     async def _probe(self) -> None:
         """Is Ollama up and the model known? Then load the model, once per model and after every outage, so the
@@ -256,6 +268,8 @@ class Worker:
         if token == self.token and self._generation is not None and not self._generation.done():
             self._claim_lost = True
             self._generation.cancel()
+        if self._offer is not None and self._offer[0] == token:
+            self._offer = None
         self.conversation.forget_own_reply(token)
 
     # status

@@ -26,6 +26,7 @@ DEALER stays connected for the worker's life, so the web sees a killed worker's 
     claim     {"v", "op": "claim", "request_id", "worker_id", "covers_seq": <int>, "answered_through": <int>}
            →  {"v", "op": "claim", "request_id", "token": <int or None>, "reason": <why not, if None>}
     heartbeat {"v", "op": "heartbeat", "request_id", "worker_id"}        (no reply; every HEARTBEAT_S)
+    release   {"v", "op": "release", "request_id", "worker_id", "token"}  (no reply; an offered claim declined)
 
 Several workers, one answer (the journal is the one sequencer; web/claims.py keeps the rules):
 
@@ -33,6 +34,11 @@ Several workers, one answer (the journal is the one sequencer; web/claims.py kee
   at most one claim at a time, only for a batch not answered yet (answered < covers_seq <= head), and writes the
   grant to the journal as `journal.claim.granted` {worker_id, covers_seq}. The entry's seq is the claim's fencing
   token: it only grows, also across restarts of the web.
+- Offers: when the web journals an action and no claim is current, it grants the claim on the batch that action
+  ends (up to the first unanswered chat message) at once, to a ready worker whose heartbeat is fresh (the last
+  holder if it is one: its Ollama has the conversation cached), right after the action's own entry. That worker
+  answers without asking, saving a round trip before every first token. An offer it cannot use is given back:
+  `release` when it will not answer now, or a claim request for the batch it sees instead, which replaces it.
 - Every llm.start / token / done / error carries `worker_id` and `token`. The web relays and saves them only while
   that token is the current claim and the sender its holder; anything else (a frozen worker that lost its claim, a
   late frame delivered by a restarted bus, a forged message) is dropped and logged. The saved
@@ -167,11 +173,12 @@ def _is_number(value: object) -> bool:
 # Ids that end up in element ids, selectors and log lines (reply ids, worker ids): plain short words only.
 WORD = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-OP_CATCHUP, OP_CLAIM, OP_HEARTBEAT = "catchup", "claim", "heartbeat"
+OP_CATCHUP, OP_CLAIM, OP_HEARTBEAT, OP_RELEASE = "catchup", "claim", "heartbeat", "release"
 REQUEST_FIELDS = {  # each op's fields and their types, besides v, op and request_id
     OP_CATCHUP: {"after": (int, type(None))},
     OP_CLAIM: {"worker_id": (str,), "covers_seq": (int,), "answered_through": (int,)},
     OP_HEARTBEAT: {"worker_id": (str,)},
+    OP_RELEASE: {"worker_id": (str,), "token": (int,)},
 }
 
 

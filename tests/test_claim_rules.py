@@ -63,3 +63,62 @@ def test_the_holder_waits_for_its_done_but_a_failed_or_lost_reply_does_not_block
     renewed, _ = claims.request("w1", later, 0, None)
     assert renewed is not None and renewed != token and ended == ["replaced"]
     assert journal.publisher.sent[-2].type == protocol.CLAIM_ENDED
+
+
+def chat(journal: Journal, text: str) -> int:
+    with journal.entry(protocol.CHAT_SENT) as data:
+        data.update(text=text)
+    return journal.last_published.seq
+
+
+def test_an_action_with_no_claim_current_is_offered_to_a_fresh_ready_worker_at_once(journal):
+    claims = Claims(journal, heartbeat_s=1.0, on_end=lambda claim, reason: None)
+    claims.heartbeat("w2", connection=5)
+    claims.heartbeat("w1", connection=4)
+    seq = act(journal, "a")
+    claims.offer(seq, ready=["w1", "w2", "gone"])  # "gone" never sent a heartbeat
+    granted = journal.last_published
+    assert granted.type == protocol.CLAIM_GRANTED and granted.seq == seq + 1
+    assert granted.data == {"worker_id": "w1", "covers_seq": seq}
+    assert claims.holds("w1", granted.seq) and claims.current.connection == 4
+    claims.offer(act(journal, "b"), ready=["w1", "w2"])  # one claim at a time: no second offer
+    assert journal.last_published.type == protocol.TODO_ADDED
+    # The offered worker asking anyway (it woke on the action before it saw the grant) gets the same claim.
+    assert claims.request("w1", seq, 0, connection=4) == (granted.seq, "")
+
+
+def test_an_offer_goes_to_the_last_holder_and_ends_at_the_first_unanswered_chat_message(journal):
+    claims = Claims(journal, heartbeat_s=1.0, on_end=lambda claim, reason: None)
+    for worker_id in ("w1", "w2"):
+        claims.heartbeat(worker_id)
+    first = act(journal, "a")
+    token, _ = claims.request("w2", first, 0, None)
+    claims.completed(token, first)
+    question = chat(journal, "what now?")  # answered by nobody yet: the claim request failed, say
+    later = act(journal, "b")
+    claims.offer(later, ready=["w1", "w2"])
+    assert journal.last_published.data == {"worker_id": "w2", "covers_seq": question}  # its Ollama has the cache
+    assert later > question
+
+
+def test_an_offer_declined_or_not_made_leaves_the_claim_to_whoever_asks(journal):
+    ended = []
+    claims = Claims(journal, heartbeat_s=1.0, on_end=lambda claim, reason: ended.append(reason))
+    claims.offer(act(journal, "a"), ready=["w1"])  # w1 has sent no heartbeat: not offered
+    assert claims.current is None
+    claims.heartbeat("w1")
+    seq = act(journal, "b")
+    claims.offer(seq, ready=["w1"])
+    claims.release("w1", journal.last_published.seq, "declined")
+    assert ended == ["declined"] and claims.current is None
+    assert claims.request("w2", seq, 0, None)[0] is not None
+
+
+def test_a_worker_whose_heartbeats_went_stale_gets_no_offer(journal, monkeypatch):
+    import web.claims
+    claims = Claims(journal, heartbeat_s=1.0, on_end=lambda claim, reason: None)
+    claims.heartbeat("w1")
+    now = web.claims.time.monotonic()
+    monkeypatch.setattr(web.claims.time, "monotonic", lambda: now + 2.0)  # 2 heartbeats later: alive, not fresh
+    claims.offer(act(journal, "a"), ready=["w1"])
+    assert claims.current is None and claims.alive("w1")

@@ -3,7 +3,9 @@ holder's connection. Real processes; the fake Ollama's request log and the journ
 from __future__ import annotations
 
 import itertools
+import json
 import signal
+import sqlite3
 import sys
 from collections import Counter
 
@@ -55,6 +57,49 @@ def test_three_workers_answer_every_action_and_burst_exactly_once(tmp_path, fake
         replies = assert_each_batch_answered_once(app, fake_ollama)
         chats = [m.seq for m in app.bus.of_type("journal.chat.sent")]
         assert set(chats) <= {r["covers_seq"] for r in replies}, "every chat message gets its own reply"
+
+
+def test_an_action_is_offered_to_the_worker_that_answered_last_right_behind_its_entry(tmp_path, fake_ollama):
+    with running(tmp_path, fake_ollama.url, workers=2) as app:
+        ready_workers(app, 2)
+        first = post_and_wait(app, "first")
+        second = post_and_wait(app, "second")
+    rows = journal_rows(app)
+    for chat in (first, second):
+        kind, granted = rows[chat.seq + 1]
+        assert kind == protocol.CLAIM_GRANTED and granted["covers_seq"] == chat.seq
+    # The second went to the worker that answered the first: its Ollama has the conversation cached.
+    assert rows[second.seq + 1][1]["worker_id"] == rows[first.seq + 1][1]["worker_id"]
+    assert_each_batch_answered_once(app, fake_ollama)
+
+
+def test_a_ready_worker_is_granted_the_claim_without_asking_and_can_give_it_back(tmp_path):
+    with running(tmp_path, "http://127.0.0.1:9", worker=False) as app:
+        worker = ForgedWorker(app, "w1")
+        try:
+            worker.dealer.send(protocol.encode_request(protocol.OP_HEARTBEAT, 1, worker_id="w1"))
+            publish_until_seen(app, worker, "llm.status", state="ready", reason="", model="m", ollama_url="u")
+            post(app, "/chat", text="anyone?")
+            chat = app.bus.wait_for("journal.chat.sent", text="anyone?")
+            granted = app.bus.wait_for("journal.claim.granted", worker_id="w1", covers_seq=chat.seq)
+            assert granted.seq == chat.seq + 1  # it never asked: offered with the action
+            worker.dealer.send(protocol.encode_request(protocol.OP_RELEASE, 2, worker_id="w1", token=granted.seq))
+            ended = app.bus.wait_for("journal.claim.ended", token=granted.seq)
+            assert ended.data["reason"] == "declined"
+        finally:
+            worker.close()
+
+
+def post_and_wait(app: System, text: str):
+    post(app, "/chat", text=text)
+    chat = app.bus.wait_for("journal.chat.sent", text=text)
+    app.bus.wait_for("journal.reply.saved", timeout_s=15, covers_seq=chat.seq)
+    return chat
+
+
+def journal_rows(app: System) -> dict[int, tuple[str, dict]]:
+    with sqlite3.connect(app.data_dir / "app.sqlite3") as db:
+        return {seq: (kind, json.loads(data)) for seq, kind, data in db.execute("SELECT seq, type, data FROM journal")}
 
 
 def reply_under_way(app: System, text: str):

@@ -12,6 +12,8 @@ from services import protocol
 from web.journal import Journal
 
 MISSED_HEARTBEATS = 3.5  # heartbeats a holder (or any worker) may miss before it is taken for gone
+FRESH_HEARTBEATS = 1.5  # an offer goes only to a worker heard from within this many heartbeats
+OFFER_SCAN = 1_000  # unanswered entries looked through for the first chat message that ends an offered batch
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +29,12 @@ class Claim:
 class Claims:
     def __init__(self, journal: Journal, heartbeat_s: float, on_end: Callable[[Claim, str], None]) -> None:
         self.journal = journal
-        self.lease_s = MISSED_HEARTBEATS * heartbeat_s
+        self.heartbeat_s = heartbeat_s
         self.on_end = on_end  # the relay: interrupt the reply streaming under this claim
         self.heartbeats: dict[str, float] = {}  # worker_id → monotonic time of its last heartbeat
+        self.connections: dict[str, int] = {}  # worker_id → the connection its last request came on
         self.current: Claim | None = None
+        self.last_holder = ""
         self.answered_through = 0
         self._restore()
 
@@ -66,13 +70,28 @@ class Claims:
                 # Its `done` travels the bus and this request a direct link, so it can overtake the done: the
                 # worker asks again once it sees its reply saved.
                 return None, f"the reply through seq {current.covers_seq} is not saved yet"
-        if current is not None:  # lapsed, or its holder's reply failed or was lost: it asks for a new batch
+        if current is not None:  # lapsed, its holder's reply failed or was lost, or it sees another batch
             self.end(current, "lapsed" if current.worker_id != worker_id else "replaced")
+        self.heartbeat(worker_id, connection)
+        return self._grant(worker_id, covers_seq), ""
+
+    def offer(self, action_seq: int, ready: list[str]) -> None:
+        """An action was journaled: with no claim current, grant the batch it ends to one of the `ready` workers
+        at once, so it need not ask (see the protocol's docstring, "Offers")."""
+        fresh = [w for w in ready if self.alive(w, FRESH_HEARTBEATS)]
+        if self.current is not None or not fresh or action_seq <= self.answered_through:
+            return
+        unanswered = self.journal.store.entries_after(self.answered_through, OFFER_SCAN)
+        chats = [e.seq for e in unanswered if e.type == protocol.CHAT_SENT and e.seq <= action_seq]
+        worker_id = self.last_holder if self.last_holder in fresh else min(fresh)
+        self._grant(worker_id, chats[0] if chats else action_seq)
+
+    def _grant(self, worker_id: str, covers_seq: int) -> int:
         with self.journal.entry(protocol.CLAIM_GRANTED) as data:
             data.update(worker_id=worker_id, covers_seq=covers_seq)
-        self.current = Claim(self.journal.last_published.seq, worker_id, covers_seq, connection)
-        self.heartbeats[worker_id] = time.monotonic()
-        return self.current.token, ""
+        self.current = Claim(self.journal.last_published.seq, worker_id, covers_seq, self.connections.get(worker_id))
+        self.last_holder = worker_id
+        return self.current.token
 
     def release(self, worker_id: str, token: int, reason: str) -> None:
         """The holder gave up (its reply failed): it retries with backoff, and the entry wakes the other workers."""
@@ -90,16 +109,21 @@ class Claims:
 
     # leases
 
-    def heartbeat(self, worker_id: str) -> None:
+    def heartbeat(self, worker_id: str, connection: int | None = None) -> None:
         self.heartbeats[worker_id] = time.monotonic()
+        if connection is not None:
+            self.connections[worker_id] = connection
+            if self.current is not None and self.current.worker_id == worker_id:
+                self.current.connection = connection  # an offered claim learns its holder's connection here
 
-    def alive(self, worker_id: str) -> bool:
+    def alive(self, worker_id: str, heartbeats: float = MISSED_HEARTBEATS) -> bool:
         last = self.heartbeats.get(worker_id)
-        return last is not None and time.monotonic() - last <= self.lease_s
+        return last is not None and time.monotonic() - last <= heartbeats * self.heartbeat_s
 
     def live_workers(self) -> list[str]:
         for worker_id in [w for w in self.heartbeats if not self.alive(w)]:
-            del self.heartbeats[worker_id]  # forget the gone, so the map stays as small as the fleet
+            del self.heartbeats[worker_id]  # forget the gone, so the maps stay as small as the fleet
+            self.connections.pop(worker_id, None)
         return list(self.heartbeats)
 
     def check_lease(self) -> None:
@@ -108,6 +132,8 @@ class Claims:
 
     def disconnected(self, connection: int) -> None:
         """The holder's link closed: a killed process. Freezing keeps it open; only the lease catches that."""
+        for worker_id in [w for w, fd in self.connections.items() if fd == connection]:
+            del self.connections[worker_id]  # the descriptor may be reused by the next connection
         if self.current is not None and self.current.connection == connection:
             self.heartbeats.pop(self.current.worker_id, None)
             self.end(self.current, "disconnected")

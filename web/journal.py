@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
+from services import protocol
 from services.busclient import Publisher
 from services.protocol import Message
 from store import Store
 
+ACTIONS = (*protocol.TODO_ACTIONS, protocol.CHAT_SENT)  # what the assistant answers
 CATCHUP_PAGE = 5_000  # entries per catch-up reply; the worker asks again until it reaches last_seq
 
 log = logging.getLogger(__name__)
@@ -20,18 +22,32 @@ class Journal:
         self.store = store
         self.publisher = publisher
         self.history_window = history_window
-        self.last_published: Message | None = None
+        self.last_published: Message | None = None  # the entry the last `entry()` block wrote
+        self.on_action: Callable[[Message], None] | None = None  # told of each action once it is written
+        self._outbox: list[Message] | None = None  # entries written but not yet published, in seq order
 
     @contextmanager
     def entry(self, kind: str) -> Iterator[dict]:
         """`with journal.entry(TODO_ADDED) as data:` — change the store and fill `data` inside the block; the change
-        and its journal entry commit together, and the entry is published after the commit."""
+        and its journal entry commit together, and the entry is published after the commit. An action's follow-up
+        entries (an offered claim) are published right behind it, so a worker hears both at once."""
         data: dict = {}
         with self.store.transaction():
             yield data
             message = self.store.append(kind, data, self.publisher.src)
-        self.publisher.send(message)
         self.last_published = message
+        if self._outbox is not None:  # written while following up another entry: published right after it
+            self._outbox.append(message)
+            return
+        self._outbox = [message]
+        try:
+            if self.on_action is not None and kind in ACTIONS:
+                self.on_action(message)  # may grant the claim on it: that entry goes out with the action's
+        finally:
+            outbox, self._outbox = self._outbox, None
+            for entry in outbox:
+                self.publisher.send(entry)
+            self.last_published = message  # the entry this block wrote, not its follow-up
 
     def catchup(self, after: int | None) -> dict:
         """The fields of a catch-up reply: the recent window and the todo list (after=None), or a page of entries

@@ -38,6 +38,7 @@ class Relay:
         self.clients = clients
         self.heartbeat_s = heartbeat_s
         self.claims = Claims(journal, heartbeat_s, on_end=self._claim_ended)
+        journal.on_action = self._offer
         self.status = WorkerStatus()
         self.workers: dict[str, WorkerStatus] = {}  # the last heartbeat of each worker, by worker_id
         self.streaming: dict[str, Reply] = {}
@@ -143,6 +144,14 @@ class Relay:
             self.clients.broadcast(oob(ErrorNote(message), target="chat-log"))
         # Last: this writes to the journal, which may be the very thing failing (a reply that cannot be saved).
         self.claims.release(data["worker_id"], data["token"], "failed")
+
+    def _offer(self, action: Message) -> None:
+        """Right after an action's entry: the claim on its batch to a ready worker, which then need not ask."""
+        ready = [worker_id for worker_id, status in self.workers.items() if status.state == "ready"]
+        try:
+            self.claims.offer(action.seq, ready)
+        except sqlite3.Error as error:  # the action is saved all the same; the workers ask for the claim
+            log.warning("could not offer the claim on seq %d (%s)", action.seq, error)
 
     # workers and their heartbeats
 

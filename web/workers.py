@@ -69,7 +69,10 @@ class WorkerRequests:
             except sqlite3.Error as error:  # busy or full: no claim now; the worker asks again on the next entry
                 token, reason = None, f"the journal cannot record a claim now ({error})"
             return protocol.encode_reply(op, request_id, token=token, reason=reason)
-        self.claims.heartbeat(request["worker_id"])  # OP_HEARTBEAT: no reply
+        if op == protocol.OP_RELEASE:  # an offered claim it will not use now: no reply
+            self.claims.release(request["worker_id"], request["token"], "declined")
+            return None
+        self.claims.heartbeat(request["worker_id"], connection)  # OP_HEARTBEAT: no reply
         return None
 
     async def watch_connections(self) -> None:
