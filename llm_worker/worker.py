@@ -182,17 +182,22 @@ class Worker:
         first comment does not wait for it (the status says "loading" meanwhile). A failed reply is then retried
         by the caller."""
         try:
-            model = await self.ollama.choose_model()
-            if model != self._loaded_model:
-                self.num_ctx = await self.ollama.context_window(model)
-                self._set_state("loading", f"loading model {model}")
-                await self.ollama.load(model, self.num_ctx)
-                self._loaded_model = model
+            await self._ensure_model()
         except OllamaError as error:
             self._set_state("offline", str(error))
             return
-        self.model, self._model_checked = model, True
         self._set_state("ready")
+
+    async def _ensure_model(self) -> None:
+        """Choose the model and, if it is not the one loaded, read its context window and load it (OllamaError
+        if Ollama cannot)."""
+        model = await self.ollama.choose_model()
+        if model != self._loaded_model:
+            self.num_ctx = await self.ollama.context_window(model)
+            self._set_state("loading", f"loading model {model}")
+            await self.ollama.load(model, self.num_ctx)
+            self._loaded_model = model
+        self.model, self._model_checked = model, True
 
     async def _generate(self, batch: list[Message], token: int) -> None:
         reply_id = "r" + uuid.uuid4().hex[:12]
@@ -200,13 +205,12 @@ class Worker:
         parts: list[str] = []
         done_reason = "stop"
         self._stop_requested = False
-        self._set_state("thinking")
         self._publish(protocol.LLM_START, reply_id=reply_id, token=token, covers_seq=covers_seq,
                       answers=[e.seq for e in batch])
         try:
-            if not self._model_checked:
-                self.model = await self.ollama.choose_model()
-                self._model_checked = True
+            if not self._model_checked:  # the try after a failure: the model, or its context window, may differ
+                await self._ensure_model()
+            self._set_state("thinking")
             messages = self.conversation.prompt(covers_seq, self.num_ctx - self.settings.num_predict)
             length = 0
             stream = self.ollama.chat(self.model, messages, self.num_ctx)
