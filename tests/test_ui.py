@@ -58,7 +58,7 @@ def test_enter_sends_shift_enter_adds_a_line_and_the_input_clears_and_keeps_focu
     page.keyboard.type("second line")
     expect(message).to_have_value("first line\nsecond line")
     page.keyboard.press("Enter")
-    expect(page.get_by_role("log").locator(".msg.user")).to_have_text("first line\nsecond line")
+    expect(page.get_by_role("log").locator(".msg.user p")).to_have_text("first line\nsecond line")
     expect(page.get_by_label("Message")).to_have_value("")
     expect(page.get_by_label("Message")).to_be_focused()
 
@@ -136,18 +136,88 @@ def test_every_named_control_is_reachable_by_keyboard(page):
             const e = document.activeElement;
             return e.getAttribute('aria-label') || (e.labels && e.labels[0] && e.labels[0].textContent)
                 || e.textContent.trim(); }"""))
-    assert {"New todo", "Add", "Message", "Send", "Stop"} <= reached
+    assert {"Skip to chat", "New todo", "Add", "Message", "Send"} <= reached
+    assert "Stop" not in reached  # nothing is streaming: there is nothing to stop
 
 
-def test_on_a_phone_the_panels_stack_and_nothing_overflows(page, tmp_path):
+def test_the_skip_link_comes_first_and_shows_when_focused(page):
+    expect(page.get_by_label("New todo")).to_be_focused()  # autofocus: the first thing people type into
+    page.keyboard.press("Shift+Tab")  # ... and the one control before it is the skip link
+    skip = page.get_by_role("link", name="Skip to chat")
+    expect(skip).to_be_focused()
+    box = skip.bounding_box()
+    assert box["x"] >= 0 and box["width"] > 50  # on screen, not parked off it
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Message")).to_be_focused()
+
+
+def test_enter_during_an_input_method_composition_does_not_send(system, page):
+    message = page.get_by_label("Message")
+    message.fill("にほんご")
+    message.dispatch_event("keydown", {"key": "Enter", "isComposing": True, "bubbles": True})
+    expect(message).to_have_value("にほんご")  # still there: the composition was confirmed, nothing sent
+    page.keyboard.press("End")
+    message.press("Enter")
+    expect(page.get_by_role("log").locator(".msg.user p")).to_have_text("にほんご")
+
+
+def test_send_turns_into_stop_while_a_reply_streams(fake_ollama, page):
+    fake_ollama.knobs.hold_after_tokens = 2
+    try:
+        page.get_by_label("Message").fill("go on")
+        page.get_by_role("button", name="Send").click()
+        expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=10_000)
+        expect(page.get_by_role("button", name="Send")).to_be_hidden()
+    finally:
+        fake_ollama.release()
+    expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=10_000)
+    expect(page.get_by_role("button", name="Stop")).to_be_hidden()
+
+
+def test_a_whole_reply_can_be_copied_and_copied_resets(fake_ollama, page):
+    fake_ollama.knobs.reply = lambda request: ["All", " **of**", " it."]
+    page.get_by_label("Message").fill("say it")
+    page.get_by_role("button", name="Send").click()
+    copy = page.get_by_role("button", name="Copy reply")
+    copy.click(timeout=10_000)
+    expect(copy).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "All of it."
+    expect(copy).to_have_text("Copy", timeout=5_000)  # back after a moment
+
+
+def test_every_message_says_who_said_it_to_screen_readers(fake_ollama, page):
+    page.get_by_label("Message").fill("hello")
+    page.get_by_role("button", name="Send").click()
+    log = page.get_by_role("log")
+    expect(log.locator(".msg.assistant")).to_have_count(1, timeout=10_000)
+    assert log.locator(".msg.user .visually-hidden").inner_text() == "You:"
+    assert log.locator(".msg.assistant .visually-hidden").inner_text() == "Assistant:"
+    assert page.evaluate("document.documentElement.lang") == "en"
+    assert page.locator("h1").count() == 1
+
+
+def test_on_a_phone_one_panel_shows_and_a_new_comment_is_a_tap_away(fake_ollama, page, tmp_path):
+    fake_ollama.knobs.reply = lambda request: ["Bold", " of", " you."]
     page.set_viewport_size({"width": 390, "height": 844})
-    todos = page.locator("section.todos").bounding_box()
-    chat = page.locator("section.chat").bounding_box()
-    assert chat["y"] >= todos["y"] + todos["height"]  # stacked, chat below the list
-    assert chat["width"] <= 390 and todos["width"] <= 390
+    expect(page.locator("section.todos")).to_be_visible()
+    expect(page.locator("section.chat")).to_be_hidden()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.get_by_label("New todo").fill("water the plants")
+    page.get_by_role("button", name="Add").click()
+    expect(page.locator("#unread")).to_have_text("1", timeout=10_000)  # counted on the Chat button
+    peek = page.locator("#peek")
+    expect(peek).to_contain_text("Bold of you.")  # and the comment itself, under the list
+    for control in page.locator("button:visible, input[type=checkbox]:visible").all():
+        box = control.bounding_box()
+        assert box["width"] >= 44 and box["height"] >= 44, control.evaluate("e => e.outerHTML")
     page.screenshot(path=tmp_path / "phone.png", full_page=True)
-    assert (tmp_path / "phone.png").stat().st_size > 0
+    peek.click()
+    expect(page.locator("section.chat")).to_be_visible()
+    expect(page.locator("section.todos")).to_be_hidden()
+    expect(page.locator("#unread")).to_have_text("")
+    expect(page.get_by_role("log")).to_contain_text("Bold of you.")
+    page.get_by_role("button", name="Todos").click()
+    expect(page.locator("section.todos")).to_be_visible()
 
 
 def test_a_long_history_is_shown_in_pages_and_loads_earlier_on_request(system, page):
@@ -162,5 +232,21 @@ def test_a_long_history_is_shown_in_pages_and_loads_earlier_on_request(system, p
     expect(log.locator(".msg.user", has_text="question 00")).to_have_count(0)  # only the newest 100 of 110
     page.get_by_role("button", name="Load earlier messages").click()
     expect(log.locator(".msg")).to_have_count(110)
-    expect(log.locator(".msg.user").first).to_have_text("question 00")
+    expect(log.locator(".msg.user p").first).to_have_text("question 00")
     expect(page.get_by_role("button", name="Load earlier messages")).to_have_count(0)
+
+
+@pytest.mark.parametrize("size", [{"width": 1280, "height": 800}, {"width": 390, "height": 844}])
+def test_axe_finds_no_serious_or_critical_accessibility_violation(fake_ollama, page, size):
+    from axe_playwright_python.sync_playwright import Axe
+    page.set_viewport_size(size)
+    page.get_by_label("New todo").fill("check the contrast")
+    page.get_by_role("button", name="Add").click()
+    expect(page.get_by_role("list", name="Todos")).to_contain_text("check the contrast")
+    if size["width"] < 720:
+        page.get_by_role("button", name="Chat").click()
+    expect(page.get_by_role("log").locator(".msg.assistant").last).to_contain_text("check the contrast", timeout=10_000)
+    violations = Axe().run(page).response["violations"]
+    serious = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3]) for v in violations
+               if v["impact"] in ("serious", "critical")]
+    assert serious == []

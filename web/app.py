@@ -59,6 +59,7 @@ HEADERS = (
     Meta(name="viewport", content="width=device-width, initial-scale=1"),
     Meta(name="htmx-config", content=json.dumps(HTMX_CONFIG)),
     Link(rel="stylesheet", href="/static/app.css"),
+    Link(rel="icon", href="/static/favicon.svg", type="image/svg+xml"),  # else every load asks /favicon.ico: 404
     Script(src="/static/vendor/htmx-2.0.8.min.js"),
     Script(src="/static/vendor/htmx-ext-ws-2.0.4.js"),
     Script(src="/static/app.js", defer=True),
@@ -164,6 +165,7 @@ def create_app(settings: Settings) -> FastHTML:
 
     app = FastHTML(
         hdrs=HEADERS, default_hdrs=False, canonical=False, sess_cls=None, secret_key=secrets.token_hex(16),
+        htmlkw={"lang": "en"},
         lifespan=lifespan, routes=[Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")],
         hx_ext="ws", ws_connect="/ws",  # every tab listens on one WebSocket; frames are out-of-band swaps
     )

@@ -6,7 +6,7 @@ import html
 from dataclasses import dataclass, field
 
 from fasthtml.common import (
-    A, Button, Div, Form, H2, Header, Input, Label, Li, Main, NotStr, P, Section, Span, Textarea, Title, Ul,
+    A, Button, Div, Form, H1, H2, Header, Input, Label, Li, Main, Nav, NotStr, P, Section, Span, Textarea, Title, Ul,
 )
 
 from services.protocol import CHAT_SENT, Message
@@ -96,9 +96,10 @@ def ChatForm(value: str = "", error: str = ""):
         Label("Message", fr="message", cls="visually-hidden"),
         Textarea(value, id="message", name="text", placeholder="Ask me anything. I may judge you.", rows=2,
                  maxlength=4000, required=True),
+        # Send turns into Stop while a reply streams (app.css, from the streaming bubble in the log).
         Div(
-            Button("Send", type="submit"),
-            Button("Stop", type="button", hx_post="/stop", hx_swap="none"),
+            Button("Send", type="submit", cls="send"),
+            Button("Stop", type="button", hx_post="/stop", hx_swap="none", cls="stop"),
             cls="chat-buttons",
         ),
         P(error, cls="error", role="alert") if error else None,
@@ -106,8 +107,13 @@ def ChatForm(value: str = "", error: str = ""):
     )
 
 
+def Speaker(name: str):
+    """Who said it, for screen readers (the colour says it to everyone else)."""
+    return Span(f"{name}:", cls="visually-hidden")
+
+
 def UserMessage(entry: Message):
-    return Div(P(entry.data["text"]), id=f"entry-{entry.seq}", cls="msg user")
+    return Div(Speaker("You"), P(entry.data["text"]), id=f"entry-{entry.seq}", cls="msg user")
 
 
 def body_id(reply_id: str) -> str:
@@ -125,12 +131,14 @@ def AssistantReply(reply: Reply):
         reply.done_reason or ""
     )
     typing = P("typing…", cls="typing") if reply.done_reason is None else None  # gone when the reply is swapped in
-    return Div(body, typing, P(note, cls="note") if note else None, id=f"reply-{reply.reply_id}",
-               cls="msg assistant")
+    copy = Button("Copy", type="button", cls="copy-reply", aria_label="Copy reply") if reply.done_reason else None
+    return Div(Speaker("Assistant"), body, typing, P(note, cls="note") if note else None, copy,
+               id=f"reply-{reply.reply_id}", cls="msg assistant")
 
 
 def ErrorNote(text: str):
-    return Div(P(text), cls="msg error", role="alert")
+    # The text names its fix with `commands` in Markdown: rendered (and sanitised) like a reply, not shown raw.
+    return Div(Speaker("Problem"), Div(NotStr(to_html(text)), cls="body"), cls="msg error", role="alert")
 
 
 def token_frame(reply_id: str, text: str) -> str:
@@ -178,6 +186,12 @@ def Status(status: WorkerStatus):
 def Page(todo_list, chat_log, status: WorkerStatus):
     return (
         Title("Todo, with attitude"),
+        A("Skip to chat", href="#message", cls="skip-link"),  # first, so the first Tab finds it
+        H1("Todo, with attitude", cls="visually-hidden"),
+        # On a phone one panel shows at a time; this bar switches, and counts comments that came while away.
+        Nav(Button("Todos", type="button", id="show-todos", aria_pressed="true"),
+            Button("Chat", Span(id="unread", cls="badge"), type="button", id="show-chat", aria_pressed="false"),
+            cls="switcher", aria_label="Panels"),
         Main(
             Section(
                 Header(H2("Todos")),
@@ -194,7 +208,8 @@ def Page(todo_list, chat_log, status: WorkerStatus):
                 ChatForm(),
                 cls="panel chat",
             ),
-            cls="app",
+            cls="app", data_view="todos",
         ),
-        A("Skip to chat", href="#message", cls="visually-hidden"),
+        # On a phone, the newest comment peeks in under the list; tapping it opens the chat.
+        Button(type="button", id="peek", hidden=True),
     )

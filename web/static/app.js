@@ -1,9 +1,11 @@
 // Small behaviours htmx does not cover. Loaded as a file (no inline script), so the page runs under a strict CSP.
 
-// Enter sends the chat message; Shift+Enter adds a newline. Escape while editing a todo puts it back unchanged.
+// Enter sends the chat message; Shift+Enter adds a newline; Enter that confirms an input method's composition
+// (Japanese, Chinese, Korean) only confirms it. Escape while editing a todo puts it back unchanged.
 document.addEventListener("keydown", (event) => {
   const field = event.target;
-  if (field.id === "message" && event.key === "Enter" && !event.shiftKey) {
+  const composing = event.isComposing || event.keyCode === 229;  // 229: Safari reports the confirming Enter so
+  if (field.id === "message" && event.key === "Enter" && !event.shiftKey && !composing) {
     event.preventDefault();
     field.form.requestSubmit();
   }
@@ -45,16 +47,76 @@ document.addEventListener("click", (event) => {
     followChat = true;
     button.hidden = true;
   } else if (button.classList.contains("copy")) {
-    const code = button.parentElement.querySelector("code");
-    navigator.clipboard.writeText(code.textContent).then(
-      () => { button.textContent = "Copied"; },
-      () => { button.textContent = "Copy failed"; },
-    );
+    copy(button, button.parentElement.querySelector("code").textContent);
+  } else if (button.classList.contains("copy-reply")) {
+    copy(button, button.closest(".msg").querySelector(".body").innerText);
+  } else if (button.id === "show-todos" || button.id === "show-chat") {
+    show(button.id === "show-chat" ? "chat" : "todos");
+  } else if (button.id === "peek") {
+    show("chat");
   }
+});
+
+function copy(button, text) {
+  const label = button.textContent;
+  navigator.clipboard.writeText(text).then(
+    () => { button.textContent = "Copied"; },
+    () => { button.textContent = "Copy failed"; },
+  ).finally(() => setTimeout(() => { button.textContent = label; }, 2000));
+}
+
+// A phone shows one panel at a time (app.css). Comments that arrive while the list is shown are counted on the
+// Chat button, and the newest peeks in under the list.
+const phone = window.matchMedia("(max-width: 720px)");
+
+function show(view) {
+  document.querySelector(".app").dataset.view = view;
+  document.getElementById("show-todos").setAttribute("aria-pressed", String(view === "todos"));
+  document.getElementById("show-chat").setAttribute("aria-pressed", String(view === "chat"));
+  if (view === "chat") {
+    document.getElementById("unread").textContent = "";
+    document.getElementById("peek").hidden = true;
+    const log = chatLog();
+    log.scrollTop = log.scrollHeight;
+  }
+}
+
+function awayFromChat() {
+  return phone.matches && document.querySelector(".app").dataset.view !== "chat";
+}
+
+const counted = new Set();  // replies already counted: a finished reply replaces its streaming bubble
+
+new MutationObserver((changes) => {
+  if (!awayFromChat()) return;
+  const added = changes.flatMap((c) => [...c.addedNodes])
+    .filter((n) => n.classList && n.classList.contains("assistant") && !counted.has(n.id));
+  added.forEach((n) => counted.add(n.id));
+  if (added.length) {
+    const unread = document.getElementById("unread");
+    unread.textContent = String(Number(unread.textContent || 0) + added.length);
+  }
+  const replies = chatLog().querySelectorAll(".msg.assistant .body");
+  const newest = replies[replies.length - 1];
+  if (newest && newest.textContent.trim()) {
+    const peek = document.getElementById("peek");
+    peek.textContent = "Assistant: " + newest.textContent.trim();
+    peek.hidden = false;
+  }
+}).observe(document.querySelector(".panel.chat"), { childList: true, subtree: true, characterData: true });
+
+// "Load earlier messages" adds messages above the one being read: keep that one where it was.
+let fromBottom = null;
+document.addEventListener("htmx:beforeSwap", (event) => {
+  if (event.detail.target.id === "load-earlier") fromBottom = chatLog().scrollHeight - chatLog().scrollTop;
 });
 
 // After a form is swapped back in, keep typing where you were.
 document.addEventListener("htmx:afterSwap", (event) => {
+  if (fromBottom !== null && event.detail.target.id === "load-earlier") {
+    chatLog().scrollTop = chatLog().scrollHeight - fromBottom;
+    fromBottom = null;
+  }
   const form = event.detail.elt;
   if (form.id === "chat-form") document.getElementById("message").focus();
   if (form.id === "todo-form") document.getElementById("new-todo").focus();
