@@ -22,6 +22,9 @@ REPLIES = [
 ]
 
 
+PHONE_WIDTH = 390  # an iPhone 14's CSS width; app.css switches to one panel at a time below 720
+
+
 def tokens(text: str) -> list[str]:
     words = text.split(" ")
     return [word if i == 0 else " " + word for i, word in enumerate(words)]
@@ -36,13 +39,15 @@ def take(out: Path, width: int, height: int) -> None:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(app.url)
-            log = page.get_by_role("log")
+            log = page.locator("#chat-log")  # (not by role: on a phone it is hidden until Chat is tapped)
             for count, title in enumerate(["buy milk", "write the quarterly report"], start=1):
                 page.get_by_label("New todo").fill(title)
                 page.get_by_role("button", name="Add").click()
                 expect(log.locator(".msg.assistant")).to_have_count(count, timeout=15_000)
             page.get_by_role("checkbox", name="Done: buy milk").check()
             expect(log.locator(".msg.assistant")).to_have_count(3, timeout=15_000)
+            if width <= PHONE_WIDTH:  # one panel at a time there: the comments wait behind the Chat button
+                page.get_by_role("button", name="Chat").click()
             page.get_by_label("Message").fill("How do I actually get the report done?")
             page.get_by_role("button", name="Send").click()
             expect(log.locator("code")).to_have_count(1, timeout=15_000)
@@ -55,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
     parser.add_argument("--width", type=int, default=1200)
     parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--phone", action="store_true", help="390×844, into docs/screenshot-phone.png")
     args = parser.parse_args(argv)
+    if args.phone:
+        args.width, args.height = PHONE_WIDTH, 844
+        if args.out == parser.get_default("out"):
+            args.out = ROOT / "docs" / "screenshot-phone.png"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     take(args.out, args.width, args.height)
     print(f"wrote {args.out}")
