@@ -122,7 +122,7 @@ class Conversation:
         if entry.type == protocol.REPLY_SAVED:
             self._replace_provisional(entry)
             self.saved_through = max(self.saved_through, int(entry.data.get("covers_seq", 0)))
-        elif entry.type not in protocol.CLAIM_TYPES:  # claims say who answers, they are not conversation
+        elif entry.type not in protocol.UNSPOKEN:  # who answers, and notes the page showed, are not conversation
             self.entries.append(entry)
             follow_list(self.todos, entry)
         return Applied.APPLIED
@@ -173,7 +173,7 @@ class Conversation:
             if entry.type == protocol.REPLY_SAVED or entry.seq <= answered:
                 continue
             batch.append(entry)
-            if entry.type == protocol.CHAT_SENT:
+            if entry.type in protocol.ASKS:
                 break
         return batch
 

@@ -17,6 +17,8 @@ def describe(entry: Message) -> tuple[str, str]:
     data = entry.data
     if entry.type == protocol.CHAT_SENT:
         return "user", str(data["text"])
+    if entry.type == protocol.CHAT_RETRY:
+        return "user", "[asked you to answer that again, differently]"
     if entry.type == protocol.REPLY_SAVED:
         suffix = " [stopped by the person]" if data.get("done_reason") == "stopped" else ""
         return "assistant", str(data["text"]) + suffix

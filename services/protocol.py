@@ -79,6 +79,8 @@ CHAT_SENT = "journal.chat.sent"
 REPLY_SAVED = "journal.reply.saved"
 CLAIM_GRANTED = "journal.claim.granted"
 CLAIM_ENDED = "journal.claim.ended"
+CHAT_RETRY = "journal.chat.retry"  # "answer that again": {reply_id} of the reply to try again
+NOTE_SHOWN = "journal.note.shown"  # a note the chat showed, so a reload shows it too: {kind, text, reply_id?}
 
 CONTROL = "control."
 STOP = "control.stop"
@@ -91,8 +93,10 @@ LLM_ERROR = "llm.error"
 LLM_STATUS = "llm.status"
 
 TODO_ACTIONS = (TODO_ADDED, TODO_TOGGLED, TODO_EDITED, TODO_DELETED)
+ASKS = (CHAT_SENT, CHAT_RETRY)  # actions that end a batch: each gets a reply of its own
 CLAIM_TYPES = (CLAIM_GRANTED, CLAIM_ENDED)
-JOURNAL_TYPES = (*TODO_ACTIONS, CHAT_SENT, REPLY_SAVED, *CLAIM_TYPES)
+UNSPOKEN = (*CLAIM_TYPES, NOTE_SHOWN)  # journal entries that are not part of the conversation
+JOURNAL_TYPES = (*TODO_ACTIONS, *ASKS, REPLY_SAVED, *UNSPOKEN)
 KNOWN_TYPES = frozenset((*JOURNAL_TYPES, STOP, LLM_START, LLM_TOKEN, LLM_DONE, LLM_ERROR, LLM_STATUS))
 
 

@@ -131,6 +131,9 @@ def test_kill_9_of_the_answering_worker_hands_the_reply_to_another_at_once(tmp_p
             tab.close()
         replies = saved_replies(app)
         assert [r["reply_id"] for r in replies] == [again.data["reply_id"]]
+        # A reload shows the cut-off reply as the live tab did: marked interrupted, not saved as a reply.
+        page = httpx.get(app.url, timeout=5).text
+        assert f'id="reply-{start.data["reply_id"]}"' in page and "interrupted" in page
 
 
 def test_a_frozen_worker_loses_its_claim_and_nothing_it_says_after_waking_is_kept(tmp_path, fake_ollama):

@@ -124,6 +124,7 @@ def test_an_ollama_fault_is_shown_with_its_fix_and_service_resumes(tmp_path, fak
         second = app.bus.wait_for("journal.chat.sent", text="second try")
         app.bus.wait_for("journal.reply.saved", timeout_s=20, covers_seq=second.seq)
         tab.close()
+        assert shown in httpx.get(app.url, timeout=5).text  # kept in the history: a reload shows it too
 
 
 def test_a_model_that_loads_slowly_is_not_taken_for_a_hang(tmp_path, fake_ollama):

@@ -251,8 +251,9 @@ def test_the_tap_shows_every_message_type(system, fake_ollama):
         post(system, "/todos", title="tap me")
         system.bus.wait_for("llm.token")
         httpx.post(system.url + "/stop", headers=HTMX, timeout=5)
-        system.bus.wait_for("journal.reply.saved", done_reason="stopped")
+        stopped = system.bus.wait_for("journal.reply.saved", done_reason="stopped")
         fake_ollama.knobs.reply = lambda request: ["fine."]
+        assert post(system, "/chat/retry", reply_id=stopped.data["reply_id"]).status_code == 200
         todo_id = re.search(r'id="todo-(\d+)"', httpx.get(system.url + "/").text).group(1)
         post(system, f"/todos/{todo_id}/toggle")
         httpx.put(f"{system.url}/todos/{todo_id}", data={"title": "tapped"}, headers=HTMX)

@@ -250,3 +250,22 @@ def test_axe_finds_no_serious_or_critical_accessibility_violation(fake_ollama, p
     serious = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3]) for v in violations
                if v["impact"] in ("serious", "critical")]
     assert serious == []
+
+
+def test_the_newest_reply_can_be_regenerated_and_a_reload_shows_it_all(fake_ollama, page):
+    answers = iter(["First", "Second", "Third"])
+    fake_ollama.knobs.reply = lambda request: [next(answers, "More")]
+    log = page.get_by_role("log")
+    for text in ("one", "two"):
+        page.get_by_label("Message").fill(text)
+        page.get_by_role("button", name="Send").click()
+        expect(log.locator(".msg.assistant .body").last).to_have_text("Second" if text == "two" else "First",
+                                                                      timeout=10_000)
+    regenerate = log.get_by_role("button", name="Regenerate")
+    expect(regenerate).to_have_count(1)  # on the newest reply only
+    regenerate.click()
+    expect(log.locator(".msg.assistant .body").last).to_have_text("Third", timeout=10_000)
+    expect(log.locator(".msg.user .retry")).to_have_text("Try that again.")
+    page.reload()
+    expect(page.get_by_role("log").locator(".msg.assistant .body")).to_have_text(["First", "Second", "Third"])
+    assert fake_ollama.requests[-1]["messages"][-1]["content"] == "[asked you to answer that again, differently]"

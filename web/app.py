@@ -39,6 +39,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 MAX_TITLE_CHARS = 500
 MAX_MESSAGE_CHARS = 4_000
 CHAT_HISTORY_SHOWN = 100  # messages rendered at once; "Load earlier messages" fetches the ones before
+CHAT_TYPES = (*protocol.ASKS, protocol.REPLY_SAVED, protocol.NOTE_SHOWN)  # what the chat log shows
 
 # htmx does not swap 4xx responses by default; a 422 carries the form back with its error message.
 HTMX_CONFIG = {
@@ -191,7 +192,7 @@ def create_app(settings: Settings) -> FastHTML:
 
     def chat_history(before: int | None = None) -> list:
         # One more than shown, to know whether there is anything earlier: the page never renders it all.
-        chat = store.recent_entries(CHAT_HISTORY_SHOWN + 1, (protocol.CHAT_SENT, protocol.REPLY_SAVED), before)
+        chat = store.recent_entries(CHAT_HISTORY_SHOWN + 1, CHAT_TYPES, before)
         return ChatHistory(chat[-CHAT_HISTORY_SHOWN:], more=len(chat) > CHAT_HISTORY_SHOWN)
 
     def chat_log():
@@ -285,6 +286,17 @@ def create_app(settings: Settings) -> FastHTML:
             data.update(text=text)
         clients.broadcast(oob(UserMessage(journal.last_published), target="chat-log"))
         return HTMLResponse(EMPTY_CHAT_FORM)
+
+    @app.post("/chat/retry")
+    async def retry_reply(form: dict):
+        # Only the newest reply is offered for another try (app.css shows its button alone).
+        reply_id = form.get("reply_id")
+        last = store.last_of((protocol.REPLY_SAVED,))
+        if last is None or reply_id != last.data.get("reply_id"):
+            return Response("Only the newest reply can be tried again.", status_code=409)
+        with journal.entry(protocol.CHAT_RETRY) as data:
+            data.update(reply_id=reply_id)
+        clients.broadcast(oob(UserMessage(journal.last_published), target="chat-log"))
 
     @app.post("/stop")
     async def stop():

@@ -82,7 +82,7 @@ class Claims:
         if self.current is not None or not fresh or action_seq <= self.answered_through:
             return
         unanswered = self.journal.store.entries_after(self.answered_through, OFFER_SCAN)
-        chats = [e.seq for e in unanswered if e.type == protocol.CHAT_SENT and e.seq <= action_seq]
+        chats = [e.seq for e in unanswered if e.type in protocol.ASKS and e.seq <= action_seq]
         worker_id = self.last_holder if self.last_holder in fresh else min(fresh)
         self._grant(worker_id, chats[0] if chats else action_seq)
 

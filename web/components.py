@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass, field
 
 from fasthtml.common import (
     A, Button, Div, Form, H1, H2, Header, Input, Label, Li, Main, Nav, NotStr, P, Section, Span, Textarea, Title, Ul,
 )
 
-from services.protocol import CHAT_SENT, Message
+from services.protocol import CHAT_RETRY, CHAT_SENT, NOTE_SHOWN, Message
 from store import Todo
 from web.markdown import to_html
 
@@ -113,6 +114,8 @@ def Speaker(name: str):
 
 
 def UserMessage(entry: Message):
+    if entry.type == CHAT_RETRY:
+        return Div(Speaker("You"), P("Try that again.", cls="retry"), id=f"entry-{entry.seq}", cls="msg user")
     return Div(Speaker("You"), P(entry.data["text"]), id=f"entry-{entry.seq}", cls="msg user")
 
 
@@ -131,8 +134,16 @@ def AssistantReply(reply: Reply):
         reply.done_reason or ""
     )
     typing = P("typing…", cls="typing") if reply.done_reason is None else None  # gone when the reply is swapped in
-    copy = Button("Copy", type="button", cls="copy-reply", aria_label="Copy reply") if reply.done_reason else None
-    return Div(Speaker("Assistant"), body, typing, P(note, cls="note") if note else None, copy,
+    actions = None
+    if reply.done_reason and reply.done_reason != "interrupted":
+        actions = Div(
+            Button("Copy", type="button", cls="copy-reply", aria_label="Copy reply"),
+            # Shown on the newest reply only (app.css); the journal says whether it still is (app.py).
+            Button("Regenerate", type="button", cls="regenerate", hx_post="/chat/retry", hx_swap="none",
+                   hx_vals=json.dumps({"reply_id": reply.reply_id})),
+            cls="reply-actions",
+        )
+    return Div(Speaker("Assistant"), body, typing, P(note, cls="note") if note else None, actions,
                id=f"reply-{reply.reply_id}", cls="msg assistant")
 
 
@@ -150,7 +161,7 @@ def token_frame(reply_id: str, text: str) -> str:
 
 def ChatHistory(entries: list[Message], more: bool) -> list:
     """Saved messages, oldest first, after a button that loads the ones before them (in place of itself)."""
-    items = [UserMessage(e) if e.type == CHAT_SENT else AssistantReply(_saved(e)) for e in entries]
+    items = [_history_item(e) for e in entries]
     if more and entries:
         items.insert(0, Button("Load earlier messages", type="button", id="load-earlier",
                                hx_get=f"/chat/history?before={entries[0].seq}", hx_swap="outerHTML"))
@@ -162,9 +173,15 @@ def ChatLog(history: list, replies: list[Reply]):
     return Div(*items, id="chat-log", role="log", aria_label="Chat history", aria_live="polite")
 
 
-def _saved(entry: Message) -> Reply:
+def _history_item(entry: Message):
     data = entry.data
-    return Reply(data["reply_id"], data["text"], data.get("done_reason") or "stop")
+    if entry.type in (CHAT_SENT, CHAT_RETRY):
+        return UserMessage(entry)
+    if entry.type == NOTE_SHOWN and data.get("kind") == "error":
+        return ErrorNote(str(data.get("text", "")))
+    if entry.type == NOTE_SHOWN:  # a reply cut off when its worker was lost, as the live tabs showed it
+        return AssistantReply(Reply(str(data.get("reply_id", "")), str(data.get("text", "")), "interrupted"))
+    return AssistantReply(Reply(data["reply_id"], data["text"], data.get("done_reason") or "stop"))
 
 
 def Status(status: WorkerStatus):

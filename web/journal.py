@@ -11,7 +11,7 @@ from services.busclient import Publisher
 from services.protocol import Message
 from store import Store
 
-ACTIONS = (*protocol.TODO_ACTIONS, protocol.CHAT_SENT)  # what the assistant answers
+ACTIONS = (*protocol.TODO_ACTIONS, *protocol.ASKS)  # what the assistant answers
 CATCHUP_PAGE = 5_000  # entries per catch-up reply; the worker asks again until it reaches last_seq
 
 log = logging.getLogger(__name__)

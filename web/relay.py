@@ -142,6 +142,7 @@ class Relay:
         if not data.get("repeated"):  # a retry failing the same way: the status already says so
             message = str(data["message"])[:MAX_ERROR_CHARS]  # Ollama's error text is relayed: bound it
             self.clients.broadcast(oob(ErrorNote(message), target="chat-log"))
+            self._note(kind="error", text=message)
         # Last: this writes to the journal, which may be the very thing failing (a reply that cannot be saved).
         self.claims.release(data["worker_id"], data["token"], "failed")
 
@@ -197,8 +198,18 @@ class Relay:
             reply.text, reply.done_reason = "".join(reply.parts), "interrupted"
             if reply.text:
                 self.clients.broadcast(oob(AssistantReply(reply)))
+                self._note(kind="interrupted", text=reply.text, reply_id=reply.reply_id)
             else:  # nothing was said: remove the empty bubble rather than keep a husk
                 self.clients.broadcast(Div(id=f"reply-{reply.reply_id}", hx_swap_oob="delete"))
+
+
+    def _note(self, **note) -> None:
+        """What a tab just showed that is not a reply, kept in the journal so a reload shows it too."""
+        try:
+            with self.journal.entry(protocol.NOTE_SHOWN) as data:
+                data.update(note)
+        except sqlite3.Error as error:  # shown live all the same; only a reload will not show it
+            log.warning("could not keep a %s note (%s)", note["kind"], error)
 
 
 def summarise(workers: list[WorkerStatus], claim: Claim | None, lost: str, last_answering: str) -> WorkerStatus:
