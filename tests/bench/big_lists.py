@@ -1,0 +1,188 @@
+"""Figure 14, big lists (issue 15): what a page, a reconnect and a change cost when the todo list is long. The
+database is filled straight through the store (70% done), then the web is started fresh on that file, so nothing
+is cached from the filling; the tabs and clients are the benchmark's own (tests/bench/harness.py).
+
+    python -m tests.bench.big_lists [--sizes 100,1000,10000,50000] [--loads 10]
+
+Per size: `GET /` time and HTML bytes; at the size named by --at (10,000): todo POST and toggle p99, the bytes of
+the resync a connecting tab is sent, and the relay overhead of a reply streaming to one tab while rounds of 10 tabs
+connect at once."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from websockets.asyncio.client import connect
+
+from fasthtml.common import to_xml
+from store import Store, Todo
+from web import components
+from tests.bench.harness import (
+    HTTP_TIMEOUT_S, FakeOllamaProcess, Session, bench_system, paused_gc, progress, summary,
+)
+from tests.system import System
+from tests.bench.tabs import (
+    WAIT_S, CountingConnection, Listener, close_listeners, delivery, frame_bytes, is_final, tokens_in,
+)
+
+SIZES = (100, 1_000, 10_000, 50_000)
+DONE_SHARE = 0.7
+RECONNECTING_TABS = 10
+STREAM_TOKENS, STREAM_TOKENS_PER_S = 300, 100  # the reply relayed while tabs reconnect: 3 s
+CHANGE_SAMPLES = 50
+
+
+def fill(data_dir: Path, todos: int, done_share: float = DONE_SHARE) -> None:
+    """`todos` todos, `done_share` of them done, spread through the list (7 of every 10 when 0.7). No journal
+    entries: the worker has nothing to answer, and gets the list itself when it catches up."""
+    store = Store(data_dir)
+    try:
+        with store.transaction():
+            store.db.executemany(
+                "INSERT INTO todos (title, done, created_at) VALUES (?, ?, ?)",
+                [(f"chore {n}", int(n % 10 < done_share * 10), time.time()) for n in range(todos)])
+    finally:
+        store.close()
+
+
+def bytes_per_todo() -> dict:
+    """The markup of one todo as the page renders it, open and done, with a typical title."""
+    sizes = {state: len(to_xml(components.TodoItem(Todo(4_321, "chore 4321", state == "done"))).encode())
+             for state in ("open", "done")}
+    return sizes
+
+
+def page_loads(url: str, loads: int) -> dict:
+    times, size = [], 0
+    with httpx.Client(base_url=url, timeout=max(HTTP_TIMEOUT_S, 120), trust_env=False) as client:
+        client.get("/").raise_for_status()  # warm: the first request pays for imports and caches
+        for _ in range(loads):
+            started = time.perf_counter()
+            response = client.get("/")
+            times.append(time.perf_counter() - started)
+            response.raise_for_status()
+            size = len(response.content)
+    return {"page_load_ms": summary(times, 1000), "page_bytes": size}
+
+
+async def open_tab(url: str) -> Listener:
+    # No size limit: before paging, a resync carried the whole list in one frame of megabytes.
+    ws = await connect(url, proxy=None, open_timeout=WAIT_S, compression=None, max_size=None,
+                       create_connection=CountingConnection)
+    return Listener(ws)
+
+
+async def resync_bytes(url: str, timeout_s: float) -> int:
+    """What a connecting tab is sent before anything happens: its resync, one frame (see web/app.py on_connect)."""
+    tab = await open_tab(url)
+    try:
+        frame = await tab.wait_for(lambda frame: True, timeout_s)
+        if frame is None:
+            raise TimeoutError("a connecting tab got no resync")
+        return frame_bytes(frame.text)
+    finally:
+        await close_listeners([tab])
+
+
+async def timed_changes(session: Session, samples: int) -> dict:
+    """todo POST and toggle latency with the big list in place."""
+    added, toggled, ids = [], [], []
+    for n in range(samples):
+        started = time.perf_counter()
+        (await session.http.post("/todos", data={"title": f"big list {n}"})).raise_for_status()
+        added.append(time.perf_counter() - started)
+    ids = [m.data["id"] for m in session.app.bus.of_type("journal.todo.added")][-samples:]
+    for todo_id in ids:
+        started = time.perf_counter()
+        (await session.http.post(f"/todos/{todo_id}/toggle")).raise_for_status()
+        toggled.append(time.perf_counter() - started)
+    return {"post_ms": summary(added, 1000), "toggle_ms": summary(toggled, 1000)}
+
+
+async def relay_while_reconnecting(session: Session, tabs: int, timeout_s: float) -> dict:
+    """A reply streams to one tab while rounds of `tabs` tabs connect at once (each waits for its resync, then
+    closes), until the reply is finished: the streaming tab's relay overhead per token."""
+    [listener] = await session.listeners(1)
+    rounds, round_s = 0, []
+    try:
+        session.fake.set(STREAM_TOKENS, STREAM_TOKENS_PER_S)
+        session.fake.take_sent()
+        await session.post_todo("stream while tabs reconnect")
+        first = await listener.wait_for(lambda frame: tokens_in(frame.text), WAIT_S)
+        if first is None:
+            raise TimeoutError("the reply did not start")
+        reply_id = tokens_in(first.text)[0][0]
+        finished = asyncio.create_task(listener.wait_for(is_final(reply_id), timeout_s))
+        while not finished.done():
+            started = time.perf_counter()
+            opened = await asyncio.gather(*(open_tab(session.app.ws_url) for _ in range(tabs)))
+            await asyncio.gather(*(tab.wait_for(lambda frame: True, timeout_s) for tab in opened))
+            await close_listeners(opened)
+            round_s.append(time.perf_counter() - started)
+            rounds += 1
+        if await finished is None:
+            raise TimeoutError("the reply did not finish")
+        sent = session.fake.take_sent()
+    finally:
+        await close_listeners([listener])
+    got = delivery(listener, reply_id, sent)
+    return {"tabs_per_round": tabs, "rounds": rounds, "round_ms": summary(round_s, 1000),
+            "overhead_ms": summary(got.overheads_s, 1000), "lost": got.lost, "tokens": got.received}
+
+
+async def live(app: System, fake: FakeOllamaProcess, samples: int, timeout_s: float) -> dict:
+    session = Session(app, fake, compression=None)
+    try:
+        figures = {"resync_bytes": await resync_bytes(app.ws_url, timeout_s)}
+        with paused_gc():
+            figures.update(await timed_changes(session, samples))
+        with paused_gc():
+            figures["relay_while_reconnecting"] = await relay_while_reconnecting(session, RECONNECTING_TABS,
+                                                                                 timeout_s)
+    finally:
+        await session.close()
+    return figures
+
+
+def one_size(tmp_path: Path, fake: FakeOllamaProcess, todos: int, loads: int, live_figures: bool) -> dict:
+    fill(tmp_path / "data", todos)  # System's DATA_DIR
+    with bench_system(tmp_path, fake.url) as app:
+        figure = {"todos": todos, **page_loads(app.url, loads)}
+        if live_figures:
+            figure.update(asyncio.run(live(app, fake, CHANGE_SAMPLES, timeout_s=600)))
+    return figure
+
+
+def big_lists(tmp_path: Path, fake: FakeOllamaProcess, sizes=SIZES, loads: int = 10, at: int = 10_000) -> dict:
+    results = {"done_share": DONE_SHARE, "bytes_per_todo": bytes_per_todo(), "sizes": {}}
+    for todos in sizes:
+        progress(f"14: big lists, {todos:,} todos")
+        results["sizes"][str(todos)] = one_size(tmp_path / f"todos-{todos}", fake, todos, loads, todos == at)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.big_lists", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    parser.add_argument("--loads", type=int, default=10)
+    parser.add_argument("--at", type=int, default=10_000, help="the size at which the live figures are taken")
+    args = parser.parse_args(argv)
+    sizes = [int(size) for size in args.sizes.split(",")]
+    fake = FakeOllamaProcess()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-big-") as tmp:
+            results = big_lists(Path(tmp), fake, sizes, args.loads, args.at)
+    finally:
+        fake.stop()
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
