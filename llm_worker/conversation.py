@@ -117,6 +117,8 @@ class Conversation:
         data = entry.data
         if entry.type == protocol.TODO_DELETED:
             self.todos.pop(data.get("id"), None)
+        elif entry.type == protocol.TODO_CLEARED:  # one entry for all of them: the completed ones at this seq
+            self.todos = {todo_id: todo for todo_id, todo in self.todos.items() if not todo[1]}
         elif entry.type in protocol.TODO_ACTIONS and isinstance(data.get("id"), int):
             title, done = self.todos.get(data["id"], ("", False))
             self.todos[data["id"]] = (str(data.get("title", title)), bool(data.get("done", done)))

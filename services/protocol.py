@@ -69,6 +69,7 @@ TODO_ADDED = "journal.todo.added"
 TODO_TOGGLED = "journal.todo.toggled"
 TODO_EDITED = "journal.todo.edited"
 TODO_DELETED = "journal.todo.deleted"
+TODO_CLEARED = "journal.todo.cleared"  # every completed todo deleted at once ("Clear completed"): {count}
 CHAT_SENT = "journal.chat.sent"
 REPLY_SAVED = "journal.reply.saved"
 CLAIM_GRANTED = "journal.claim.granted"
@@ -84,7 +85,7 @@ LLM_DONE = "llm.done"
 LLM_ERROR = "llm.error"
 LLM_STATUS = "llm.status"
 
-TODO_ACTIONS = (TODO_ADDED, TODO_TOGGLED, TODO_EDITED, TODO_DELETED)
+TODO_ACTIONS = (TODO_ADDED, TODO_TOGGLED, TODO_EDITED, TODO_DELETED, TODO_CLEARED)
 CLAIM_TYPES = (CLAIM_GRANTED, CLAIM_ENDED)
 JOURNAL_TYPES = (*TODO_ACTIONS, CHAT_SENT, REPLY_SAVED, *CLAIM_TYPES)
 KNOWN_TYPES = frozenset((*JOURNAL_TYPES, STOP, LLM_START, LLM_TOKEN, LLM_DONE, LLM_ERROR, LLM_STATUS))
