@@ -11,7 +11,7 @@ from pathlib import Path
 
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
-from fasthtml.common import FastHTML, Link, Meta, Script, to_xml
+from fasthtml.common import FastHTML, Link, Meta, Safe, Script, to_xml
 from starlette.requests import HTTPConnection
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount
@@ -147,8 +147,16 @@ def create_app(settings: Settings) -> FastHTML:
         chat = store.recent_entries(CHAT_HISTORY_SHOWN + 1, (protocol.CHAT_SENT, protocol.REPLY_SAVED), before)
         return ChatHistory(chat[-CHAT_HISTORY_SHOWN:], more=len(chat) > CHAT_HISTORY_SHOWN)
 
+    recent_chat: dict = {}  # the saved history as rendered at a journal head: {head seq: markup}
+
     def chat_log():
-        return ChatLog(chat_history(), list(relay.streaming.values()))
+        # The saved history changes only with a new journal entry, while every page load and every tab's resync
+        # shows it: rendered once per journal head (100 messages were ~10 ms of the event loop per connecting tab).
+        head = store.last_seq()
+        if head not in recent_chat:
+            recent_chat.clear()
+            recent_chat[head] = Safe(to_xml(tuple(chat_history())))
+        return ChatLog([recent_chat[head]], list(relay.streaming.values()))
 
     @app.get("/chat/history")
     async def earlier_chat(before: str):  # parsed here: FastHTML's int cast answers 404 to "abc" and reads "" as 0
