@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fasthtml.common import FastHTML, to_xml
+from fasthtml.common import FastHTML, Safe, to_xml
 from starlette.responses import HTMLResponse, Response
 
 from services import protocol
@@ -43,6 +43,8 @@ class TodoLists:
         # [open, done], counted once and then kept by each change (only this process writes todos): counting on
         # the index cost ~1 ms per 10,000 todos, on every change and every page.
         self.counted = list(store.todo_counts())
+        self.version = 0  # of the list: one more with each change
+        self._resyncs: dict[str, tuple[int, str]] = {}  # filter -> (version, its resync's markup)
 
     def section(self, done: bool, after: int = 0) -> list:
         """One page of open (or completed) todos after id `after`, ending with the control that loads the next."""
@@ -62,6 +64,17 @@ class TodoLists:
             done_items = self.section(True) if filter == "completed" else None
         return TodoList(filter, open_items, done_items), TodoFooter(open_count, done_count)
 
+    def resync(self, filter: str) -> Safe:
+        """What a connecting tab of this filter is sent about the list: its first page and the footer, swapped in
+        by id. Tabs reconnect together (after a restart of the web, or a network blip): rendered once for all of
+        them until the list changes."""
+        version, markup = self._resyncs.get(filter, (None, ""))
+        if version != self.version:
+            todo_list, footer = self.view(filter)
+            markup = to_xml((oob(todo_list, swap="innerHTML"), oob(footer)))
+            self._resyncs[filter] = (self.version, markup)
+        return Safe(markup)
+
     def counts(self):
         return oob(TodoFooter(*self.counted))
 
@@ -70,14 +83,17 @@ class TodoLists:
         if was is not None:
             self.counted[was.done] -= 1
         self.counted[todo.done] += 1
+        self.version += 1
         self.clients.broadcast(oob(TodoItem(todo), target=INBOX), self.counts())
 
     def deleted(self, todo: Todo) -> None:
         self.counted[todo.done] -= 1
+        self.version += 1
         self.clients.broadcast(oob(TodoGone(todo.id), target=INBOX), self.counts())
 
     def cleared(self, count: int) -> None:
         self.counted[True] -= count
+        self.version += 1
         self.clients.broadcast(oob(TodosCleared(), target=INBOX), self.counts())
 
 
