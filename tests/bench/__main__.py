@@ -11,6 +11,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from tests.bench.big_lists import big_lists
 from tests.bench.figures import live_figures, long_history, ratio, zmq_floor
 from tests.bench.prompt_cache import prompt_cache
 from tests.bench.harness import QUICK, Config, FakeOllamaProcess, bench_system, progress
@@ -58,6 +59,8 @@ def run(config: Config, compression: str | None = "deflate") -> dict:
                 progress(f"8: long history, {entries:,} journal entries")
                 results["long_history"][str(entries)] = long_history(tmp_path / f"history-{entries}", fake.url,
                                                                      entries, config.page_loads)
+            results["big_lists"] = big_lists(tmp_path / "big-lists", fake, config.big_list_sizes,
+                                             config.big_list_loads, changes=config.big_list_changes)
             results.update(with_workers(tmp_path / f"workers-{WORKERS}", fake, config, compression))
         finally:
             fake.stop()

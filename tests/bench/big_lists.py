@@ -35,6 +35,7 @@ from tests.bench.tabs import (
 SIZES = (100, 1_000, 10_000, 50_000)
 DONE_SHARE = 0.7
 RECONNECTING_TABS = 10
+ROUND_EVERY_S = 0.25  # a wave of reconnecting tabs four times a second, for as long as the reply streams
 STREAM_TOKENS, STREAM_TOKENS_PER_S = 300, 100  # the reply relayed while tabs reconnect: 3 s
 CHANGE_SAMPLES = 50
 
@@ -98,6 +99,7 @@ async def timed_changes(session: Session, samples: int) -> dict:
         started = time.perf_counter()
         (await session.http.post("/todos", data={"title": f"big list {n}"})).raise_for_status()
         added.append(time.perf_counter() - started)
+    await asyncio.to_thread(session.app.bus.wait_for, "journal.todo.added", WAIT_S, title=f"big list {samples - 1}")
     ids = [m.data["id"] for m in session.app.bus.of_type("journal.todo.added")][-samples:]
     for todo_id in ids:
         started = time.perf_counter()
@@ -109,8 +111,9 @@ async def timed_changes(session: Session, samples: int) -> dict:
     return {"post_ms": summary(added, 1000), "toggle_ms": summary(toggled, 1000)}
 
 
-async def reconnect_rounds(url: str, tabs: int, stop, timeout_s: float) -> list[float]:
-    """Rounds of `tabs` tabs connecting at once, each waiting for its resync then closing, until `stop` is set."""
+async def reconnect_rounds(url: str, tabs: int, stop, timeout_s: float, every_s: float = ROUND_EVERY_S) -> list[float]:
+    """Rounds of `tabs` tabs connecting at once, each waiting for its resync then closing, one round starting
+    every `every_s` (or as soon as the last ends, if it took longer), until `stop` is set."""
     round_s = []
     while not stop.is_set():
         started = time.perf_counter()
@@ -118,25 +121,31 @@ async def reconnect_rounds(url: str, tabs: int, stop, timeout_s: float) -> list[
         await asyncio.gather(*(tab.wait_for(lambda frame: True, timeout_s) for tab in opened))
         await close_listeners(opened)
         round_s.append(time.perf_counter() - started)
+        await asyncio.sleep(max(0.0, every_s - round_s[-1]))  # the pace of the load, not a synchronisation
     return round_s
 
 
 def reconnecting_tabs(url: str, tabs: int, go, stop, conn, timeout_s: float) -> None:
     """The child process that plays the reconnecting tabs: their handshakes and resyncs are not parsed in the
     process that stamps the streaming tab's tokens, which would count its own delay as the relay's."""
+    conn.send("ready")  # imported: its start-up no longer competes with the stream being timed
     if go.wait(timeout_s):
         conn.send(asyncio.run(reconnect_rounds(url, tabs, stop, timeout_s)))
 
 
 async def relay_while_reconnecting(session: Session, tabs: int, timeout_s: float) -> dict:
     """A reply streams to one tab while rounds of `tabs` tabs connect at once (another process), until the reply
-    is finished: the streaming tab's relay overhead per token."""
+    is finished: the streaming tab's relay overhead per token. With tabs=0, the same reply alone: the baseline on
+    this machine as loaded as it is now."""
     context = multiprocessing.get_context("spawn")
     go, stop = context.Event(), context.Event()
     rounds_conn, child_conn = context.Pipe()
     child = context.Process(target=reconnecting_tabs, args=(session.app.ws_url, tabs, go, stop, child_conn, timeout_s),
                             name="reconnecting-tabs", daemon=True)
-    child.start()
+    if tabs:
+        child.start()
+        if not await asyncio.to_thread(rounds_conn.poll, timeout_s) or rounds_conn.recv() != "ready":
+            raise RuntimeError("the reconnecting tabs' process did not start")
     listener = await open_tab(session.app.ws_url, timeout_s)
     try:
         session.fake.set(STREAM_TOKENS, STREAM_TOKENS_PER_S)
@@ -150,18 +159,19 @@ async def relay_while_reconnecting(session: Session, tabs: int, timeout_s: float
         go.set()
         await listener.wait_for(is_final(reply_id), timeout_s)  # None if it never finished (a stalled web)
         stop.set()
-        if not await asyncio.to_thread(rounds_conn.poll, timeout_s):
+        if tabs and not await asyncio.to_thread(rounds_conn.poll, timeout_s):
             raise TimeoutError("the reconnecting tabs did not report")
-        round_s = rounds_conn.recv()
-        cpu = cpu_per(cpu_before, session.cpu_s(), len(round_s) * tabs, scale=1000)
+        round_s = rounds_conn.recv() if tabs else []
+        cpu = cpu_per(cpu_before, session.cpu_s(), max(1, len(round_s) * tabs), scale=1000)
         sent = session.fake.take_sent()
     finally:
         go.set()
         stop.set()
         await close_listeners([listener])
-        await asyncio.to_thread(child.join, WAIT_S)
-        if child.is_alive():
-            child.terminate()
+        if tabs:
+            await asyncio.to_thread(child.join, WAIT_S)
+            if child.is_alive():
+                child.terminate()
     got = delivery(listener, reply_id, sent)
     return {"tabs_per_round": tabs, "rounds": len(round_s), "round_ms": summary(round_s, 1000),
             "web_cpu_ms_per_connect": cpu["web"],  # relaying the reply meanwhile included
@@ -175,6 +185,8 @@ async def live(app: System, fake: FakeOllamaProcess, samples: int, timeout_s: fl
         figures = {"resync_bytes": await resync_bytes(app.ws_url, timeout_s)}
         with paused_gc():
             figures.update(await timed_changes(session, samples))
+        with paused_gc():
+            figures["relay_alone"] = await relay_while_reconnecting(session, 0, timeout_s)
         with paused_gc():
             figures["relay_while_reconnecting"] = await relay_while_reconnecting(session, RECONNECTING_TABS,
                                                                                  timeout_s)
