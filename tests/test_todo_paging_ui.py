@@ -102,6 +102,9 @@ def test_a_change_in_one_tab_moves_the_todo_and_the_counts_in_another(web, open_
     acting.get_by_role("button", name="Add").click()
     expect(todos(watching)).to_contain_text("brand new")
     expect(watching.locator("#todo-footer")).to_contain_text("75 items left")
+    watching.get_by_role("button", name="Delete brand new").click()
+    expect(todos(acting)).not_to_contain_text("brand new")
+    expect(acting.locator("#todo-footer")).to_contain_text("74 items left")
 
 
 def test_clear_completed_removes_done_todos_in_every_tab(web, open_page):
