@@ -108,7 +108,9 @@ function showCounts() {
 document.addEventListener("htmx:wsAfterMessage", () => {
   const inbox = document.getElementById("todo-inbox");
   const list = document.getElementById("todo-list");
-  if (!inbox || !list) return;
+  // Most frames are tokens: nothing to do here. Every change to the list comes with a row (or a note) in the
+  // inbox and the footer's new counts; a resync brings its counts already rendered.
+  if (!inbox || !list || !inbox.children.length) return;
   for (const item of [...inbox.children]) placeTodo(item, list);
   showCounts();
 });
