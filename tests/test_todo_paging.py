@@ -1,5 +1,6 @@
 """A long todo list costs what is on screen: the page, a page of a section and a connecting tab's resync hold one
-page of rows; completed todos wait behind "Show N completed"; "Clear completed" is one journal entry."""
+page of rows; completed todos wait behind "Show N completed"; "Clear completed" is one journal entry, which the
+worker follows."""
 from __future__ import annotations
 
 import re
@@ -11,6 +12,10 @@ import httpx
 import pytest
 
 from fasthtml.common import to_xml
+from llm_worker.conversation import Applied, Conversation
+from llm_worker.persona import describe
+from services import protocol
+from services.protocol import Message
 from store import Todo
 from tests.bench.big_lists import fill
 from tests.system import Tab, running
@@ -117,3 +122,16 @@ def test_clear_completed_deletes_every_done_todo_in_one_journal_entry(long_list)
         assert db.execute("SELECT COUNT(*) FROM journal WHERE type = 'journal.todo.cleared'").fetchone() == (1,)
     # Nothing left to clear: no entry, nothing sent.
     assert httpx.post(long_list.url + "/todos/clear-completed", headers=HTMX, timeout=10).status_code == 204
+
+
+def test_the_worker_drops_the_completed_todos_on_one_cleared_entry_and_says_so_in_one_line():
+    conversation = Conversation()
+    conversation.load_window([], 0)
+    for entry in [Message(protocol.TODO_ADDED, {"id": 1, "title": "done soon"}, "web", seq=1),
+                  Message(protocol.TODO_ADDED, {"id": 2, "title": "still open"}, "web", seq=2),
+                  Message(protocol.TODO_TOGGLED, {"id": 1, "title": "done soon", "done": True}, "web", seq=3)]:
+        conversation.apply(entry)
+    cleared = Message(protocol.TODO_CLEARED, {"count": 1}, "web", seq=4)
+    assert conversation.apply(cleared) is Applied.APPLIED
+    assert conversation.todos == {2: ("still open", False)}
+    assert describe(cleared) == ("user", "[cleared 1 completed todos]")
