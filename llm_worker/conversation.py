@@ -220,6 +220,9 @@ def follow_list(todos: dict[int, tuple[str, bool]], entry: Message) -> None:
     data = entry.data
     if entry.type == protocol.TODO_DELETED:
         todos.pop(data.get("id"), None)
+    elif entry.type == protocol.TODO_CLEARED:  # one entry for all of them: the completed ones at this seq
+        for todo_id in [todo_id for todo_id, (_, done) in todos.items() if done]:
+            del todos[todo_id]
     elif entry.type in protocol.TODO_ACTIONS and isinstance(data.get("id"), int):
         title, done = todos.get(data["id"], ("", False))
         todos[data["id"]] = (str(data.get("title", title)), bool(data.get("done", done)))

@@ -32,4 +32,6 @@ def describe(entry: Message) -> tuple[str, str]:
         return "user", f"[renamed todo #{data['id']} from “{data.get('old_title', '')}” to “{title}”]"
     if entry.type == protocol.TODO_DELETED:
         return "user", f"[deleted todo #{data['id']}: “{title}”]"
+    if entry.type == protocol.TODO_CLEARED:
+        return "user", f"[cleared {data.get('count', 0)} completed todos]"
     raise ValueError(f"not a conversation entry: {entry.type}")

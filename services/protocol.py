@@ -75,6 +75,7 @@ TODO_ADDED = "journal.todo.added"
 TODO_TOGGLED = "journal.todo.toggled"
 TODO_EDITED = "journal.todo.edited"
 TODO_DELETED = "journal.todo.deleted"
+TODO_CLEARED = "journal.todo.cleared"  # every completed todo deleted at once ("Clear completed"): {count}
 CHAT_SENT = "journal.chat.sent"
 REPLY_SAVED = "journal.reply.saved"
 CLAIM_GRANTED = "journal.claim.granted"
@@ -92,7 +93,7 @@ LLM_DONE = "llm.done"
 LLM_ERROR = "llm.error"
 LLM_STATUS = "llm.status"
 
-TODO_ACTIONS = (TODO_ADDED, TODO_TOGGLED, TODO_EDITED, TODO_DELETED)
+TODO_ACTIONS = (TODO_ADDED, TODO_TOGGLED, TODO_EDITED, TODO_DELETED, TODO_CLEARED)
 ASKS = (CHAT_SENT, CHAT_RETRY)  # actions that end a batch: each gets a reply of its own
 CLAIM_TYPES = (CLAIM_GRANTED, CLAIM_ENDED)
 UNSPOKEN = (*CLAIM_TYPES, NOTE_SHOWN)  # journal entries that are not part of the conversation

@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS todos (
     done INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL
 );
+-- The page shows open todos and completed ones in pages of each, by id: (done, id) serves both, and their counts.
+CREATE INDEX IF NOT EXISTS todos_done_id ON todos (done, id);
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ts REAL NOT NULL,
@@ -85,6 +87,21 @@ class Store:
     def todos(self) -> list[Todo]:
         rows = self.db.execute("SELECT id, title, done FROM todos ORDER BY id").fetchall()
         return [Todo(row["id"], row["title"], bool(row["done"])) for row in rows]
+
+    def todos_page(self, done: bool, after: int, limit: int) -> list[Todo]:
+        """Up to `limit` open (or completed) todos with ids above `after`, in id order: one page of a section."""
+        rows = self.db.execute("SELECT id, title, done FROM todos WHERE done = ? AND id > ? ORDER BY id LIMIT ?",
+                               (int(done), min(after, MAX_INTEGER), limit)).fetchall()
+        return [Todo(row["id"], row["title"], bool(row["done"])) for row in rows]
+
+    def todo_counts(self) -> tuple[int, int]:
+        """(open, completed), counted on the (done, id) index."""
+        counts = dict(self.db.execute("SELECT done, COUNT(*) FROM todos GROUP BY done").fetchall())
+        return counts.get(0, 0), counts.get(1, 0)
+
+    def delete_done(self) -> int:
+        """Deletes every completed todo; returns how many there were."""
+        return self.db.execute("DELETE FROM todos WHERE done = 1").rowcount
 
     def todo(self, todo_id: int) -> Todo | None:
         if not 0 < todo_id <= MAX_INTEGER:  # ids count up from 1

@@ -182,7 +182,8 @@ class System:
             if not process.alive():
                 raise RuntimeError(f"web exited:\n{process.log()}")
             try:
-                if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                # A static file, not the page: the page's cost grows with the todo list, readiness does not.
+                if httpx.get(self.url + "/static/app.css", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

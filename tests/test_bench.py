@@ -34,12 +34,15 @@ FIGURES = {
     "worker_scaling": [(name, key) for name in ("relay_overhead_p99_ms", "action_to_first_token_p99_ms",
                                                 "throughput_tokens_per_s", "fan_out_p99_ms", "todo_post_p99_ms")
                        for key in ("one_worker", "several_workers", "ratio")],
+    "big_lists": [("sizes", "1000", "page_load_ms", "p99"), ("sizes", "1000", "page_bytes"),
+                  ("sizes", "1000", "post_ms", "p99"), ("sizes", "1000", "resync_bytes"),
+                  ("sizes", "1000", "relay_while_reconnecting", "overhead_ms", "p99"), ("bytes_per_todo", "open")],
     "prompt_cache": [(policy, "1000", "uncached_tokens", "mean") for policy in ("old", "new")]
     + [("fewer_uncached_x", "1000"), ("new", "1000", "prompts_over_budget_after_5")],
 }
 TABLE_LABELS = ("1 relay overhead", "2 action", "3 throughput", "4 fan-out", "5 todo POST", "6 bytes per token",
                 "7 kill -9", "8 page load", "9 ZeroMQ floor", "10 failover", "11 duplicates", "12 3 workers vs 1",
-                "13 prompt tokens")
+                "13 prompt tokens", "14 big lists")
 
 
 def figure(results: dict, name: str, path: tuple[str, ...]):
@@ -83,7 +86,8 @@ def test_the_quick_benchmark_reports_every_figure_and_loses_no_token(tmp_path):
                                        "post_while_streaming", "bytes_per_token", "worker_recovery", "page_load",
                                        "memory_flat", "failover", "no_duplicates", "several_workers_zero_loss",
                                        "workers_relay_overhead_p99_ms", "workers_throughput_tokens_per_s",
-                                       "workers_todo_post_p99_ms"}
+                                       "workers_todo_post_p99_ms", "big_list_page", "big_list_changes",
+                                       "big_list_relay_while_reconnecting"}
     for label in TABLE_LABELS:
         assert label in run.stdout, f"the table has no row {label!r}:\n{run.stdout}"
 

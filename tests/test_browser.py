@@ -66,7 +66,7 @@ def test_an_empty_todo_shows_an_error_in_the_page_and_adds_nothing(system, brows
     page.get_by_label("New todo").fill("   ")
     page.get_by_role("button", name="Add").click()
     expect(page.get_by_role("alert")).to_contain_text("cannot be empty")
-    expect(page.get_by_role("list", name="Todos").get_by_role("listitem")).to_have_count(0)
+    expect(page.get_by_role("list", name="Todos").locator("li.todo")).to_have_count(0)
 
 
 def test_stop_in_the_page_ends_the_reply_and_marks_it(system, fake_ollama, browser):
@@ -112,7 +112,7 @@ def test_a_restarted_web_is_reconnected_to_and_the_page_catches_up(system, fake_
     httpx.post(system.url + "/todos", data={"title": "made elsewhere"}, timeout=5)
     expect(page.get_by_role("list", name="Todos")).to_contain_text("made elsewhere", timeout=20_000)
     expect(log.locator(".msg.assistant")).to_have_count(2, timeout=10_000)  # its comment, and no duplicates
-    expect(page.get_by_role("list", name="Todos").get_by_role("listitem")).to_have_count(2)
+    expect(page.get_by_role("list", name="Todos").locator("li.todo")).to_have_count(2)
 
 
 def test_the_status_counts_the_workers_and_names_the_one_answering(tmp_path, fake_ollama, browser):

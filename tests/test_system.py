@@ -258,6 +258,9 @@ def test_the_tap_shows_every_message_type(system, fake_ollama):
         post(system, f"/todos/{todo_id}/toggle")
         httpx.put(f"{system.url}/todos/{todo_id}", data={"title": "tapped"}, headers=HTMX)
         httpx.delete(f"{system.url}/todos/{todo_id}", headers=HTMX)
+        post(system, "/todos", title="clear me")
+        post(system, f"/todos/{system.bus.wait_for('journal.todo.added', title='clear me').data['id']}/toggle")
+        post(system, "/todos/clear-completed")  # journal.todo.cleared
         fake_ollama.knobs.status = 500
         post(system, "/chat", text="hello tap")
         system.bus.wait_for("llm.error")

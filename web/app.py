@@ -7,12 +7,11 @@ import json
 import logging
 import secrets
 import sqlite3
-from dataclasses import replace
 from pathlib import Path
 
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
-from fasthtml.common import FastHTML, Li, Link, Meta, Script, to_xml
+from fasthtml.common import FastHTML, Link, Meta, Safe, Script, to_xml
 from starlette.requests import HTTPConnection
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Mount
@@ -22,22 +21,18 @@ from services import curve, protocol
 from services.busclient import Publisher, Subscriber
 from services.tasks import supervised
 from services.config import Settings
-from services.text import is_valid_unicode, valid_unicode
-from store import Store, Todo
+from store import Store
 from store.db import MAX_INTEGER
 from web.clients import Clients
-from web.components import (
-    ChatForm, ChatHistory, ChatLog, Page, Status, TodoEditForm, TodoForm, TodoItem, TodoList, UserMessage, oob,
-)
+from web.components import ChatForm, ChatHistory, ChatLog, Page, Status, UserMessage, oob
 from web.guard import RATE_LIMITED_HEADERS, Guard, allowed_hosts
+from web.inputs import MAX_MESSAGE_CHARS, InputError, clean_text, invalid, shown, whole_number
 from web.journal import Journal
 from web.ratelimit import TokenBucket
 from web.relay import Relay
-from web import workers
+from web import todos, workers
 
 STATIC_DIR = Path(__file__).parent / "static"
-MAX_TITLE_CHARS = 500
-MAX_MESSAGE_CHARS = 4_000
 CHAT_HISTORY_SHOWN = 100  # messages rendered at once; "Load earlier messages" fetches the ones before
 CHAT_TYPES = (*protocol.ASKS, protocol.REPLY_SAVED, protocol.NOTE_SHOWN)  # what the chat log shows
 
@@ -67,50 +62,16 @@ HEADERS = (
 )
 
 
-# The fresh forms a successful POST swaps back in never change: rendered once, not per request (building FT
-# elements was a fifth of the web's CPU in a todo POST).
-EMPTY_TODO_FORM = to_xml(TodoForm())
+# The fresh form a successful POST swaps back in never changes: rendered once, not per request (see web/todos.py).
 EMPTY_CHAT_FORM = to_xml(ChatForm())
 
 log = logging.getLogger(__name__)
 
 
-class InputError(ValueError):
-    """Input a person can fix; its message is shown next to the field."""
-
-
-def clean_text(text: object, what: str, limit: int) -> str:
-    # A JSON body's values arrive as sent (12, true, [...]), and JSON's \ud800 escape makes a lone surrogate, which
-    # the bus and the page cannot carry: refuse both.
-    if not isinstance(text, str):
-        raise InputError(f"{what} must be text.")
-    if not is_valid_unicode(text):
-        raise InputError(f"{what} is not valid Unicode: it contains a lone surrogate.")
-    text = text.strip()
-    if not text:
-        raise InputError(f"{what} cannot be empty.")
-    if len(text) > limit:
-        raise InputError(f"{what} is too long: {len(text)} characters, the limit is {limit}.")
-    return text
-
-
-def shown(text: object) -> str:
-    """What a form re-rendered around its error may show of the refused value: always something the page can carry."""
-    return valid_unicode(text) if isinstance(text, str) else ""
-
-
-def invalid(component) -> HTMLResponse:
-    """422 with the form re-rendered around its error: htmx swaps it in (see HTMX_CONFIG), nothing is stored."""
-    return HTMLResponse(to_xml(component), status_code=422)
-
-
 def parse_seq(text: object) -> int:
     """A journal seq from a query string: a whole number from 1 to the largest that SQLite holds."""
-    try:
-        seq = int(text) if isinstance(text, str) and text.isascii() and text.isdigit() else 0
-    except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
-        seq = 0
-    if not 0 < seq <= MAX_INTEGER:
+    seq = whole_number(text, "a journal seq", MAX_INTEGER)
+    if seq == 0:
         raise InputError(f"Expected a journal seq: a whole number from 1 to {MAX_INTEGER}.")
     return seq
 
@@ -168,7 +129,8 @@ def create_app(settings: Settings) -> FastHTML:
         hdrs=HEADERS, default_hdrs=False, canonical=False, sess_cls=None, secret_key=secrets.token_hex(16),
         htmlkw={"lang": "en"},
         lifespan=lifespan, routes=[Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")],
-        hx_ext="ws", ws_connect="/ws",  # every tab listens on one WebSocket; frames are out-of-band swaps
+        hx_ext="ws",  # every tab listens on one WebSocket (see Page: its URL names the tab's filter); frames are
+        # out-of-band swaps
     )
     app.state.relay, app.state.clients, app.state.store = relay, clients, store
     app.add_exception_handler(sqlite3.OperationalError, database_unavailable)
@@ -179,24 +141,25 @@ def create_app(settings: Settings) -> FastHTML:
     # connection and the PUB socket belong to the event loop's thread.
 
     # Each change sends every tab only the item it touched: rendering the whole list per action made a todo POST
-    # cost O(list size) and stalled token relay meanwhile (see README, Performance). A tab that (re)connects gets
-    # the whole list once.
-    def todo_added(todo: Todo):
-        clients.broadcast(oob(TodoItem(todo), target="todo-list"))
-
-    def todo_changed(todo: Todo):
-        clients.broadcast(oob(TodoItem(todo)))
-
-    def todo_deleted(todo_id: int):
-        clients.broadcast(Li(id=f"todo-{todo_id}", hx_swap_oob="delete"))
+    # cost O(list size) and stalled token relay meanwhile (see README, Performance). The list's routes, and what a
+    # change sends, are in web/todos.py.
+    lists = todos.add_routes(app, store, journal, clients)
 
     def chat_history(before: int | None = None) -> list:
         # One more than shown, to know whether there is anything earlier: the page never renders it all.
         chat = store.recent_entries(CHAT_HISTORY_SHOWN + 1, CHAT_TYPES, before)
         return ChatHistory(chat[-CHAT_HISTORY_SHOWN:], more=len(chat) > CHAT_HISTORY_SHOWN)
 
+    recent_chat: dict = {}  # the saved history as rendered at a journal head: {head seq: markup}
+
     def chat_log():
-        return ChatLog(chat_history(), list(relay.streaming.values()))
+        # The saved history changes only with a new journal entry, while every page load and every tab's resync
+        # shows it: rendered once per journal head (100 messages were ~10 ms of the event loop per connecting tab).
+        head = store.last_seq()
+        if head not in recent_chat:
+            recent_chat.clear()
+            recent_chat[head] = Safe(to_xml(tuple(chat_history())))
+        return ChatLog([recent_chat[head]], list(relay.streaming.values()))
 
     @app.get("/chat/history")
     async def earlier_chat(before: str):  # parsed here: FastHTML's int cast answers 404 to "abc" and reads "" as 0
@@ -207,73 +170,9 @@ def create_app(settings: Settings) -> FastHTML:
         return tuple(chat_history(seq))
 
     @app.get("/")
-    async def index():
-        return Page(TodoList(store.todos()), chat_log(), relay.status)
-
-    # Text fields are read from the parsed body (`form: dict`), not as `title: str`: FastHTML's cast of a JSON
-    # value raises IndexError on an empty list, a 500 before the route could refuse it.
-    @app.post("/todos")
-    async def add_todo(form: dict):
-        title = form.get("title", "")
-        try:
-            title = clean_text(title, "A todo title", MAX_TITLE_CHARS)
-        except InputError as error:
-            return invalid(TodoForm(shown(title), str(error)))
-        with journal.entry(protocol.TODO_ADDED) as data:
-            todo = store.insert_todo(title)
-            data.update(id=todo.id, title=todo.title)
-        todo_added(todo)
-        return HTMLResponse(EMPTY_TODO_FORM)
-
-    @app.post("/todos/{todo_id}/toggle")
-    async def toggle_todo(todo_id: int):
-        todo = store.todo(todo_id)
-        if todo is None:
-            return Response("No such todo.", status_code=404)
-        toggled = replace(todo, done=not todo.done)
-        with journal.entry(protocol.TODO_TOGGLED) as data:
-            store.update_todo(toggled)
-            data.update(id=todo.id, title=todo.title, done=toggled.done)
-        todo_changed(toggled)
-
-    @app.get("/todos/{todo_id}")
-    async def show_todo(todo_id: int):  # Escape while editing puts the item back
-        todo = store.todo(todo_id)
-        return TodoItem(todo) if todo else Response("No such todo.", status_code=404)
-
-    @app.get("/todos/{todo_id}/edit")
-    async def edit_form(todo_id: int):
-        todo = store.todo(todo_id)
-        return TodoEditForm(todo) if todo else Response("No such todo.", status_code=404)
-
-    @app.put("/todos/{todo_id}")
-    async def edit_todo(todo_id: int, form: dict):
-        todo = store.todo(todo_id)
-        if todo is None:
-            return Response("No such todo.", status_code=404)
-        title = form.get("title", "")
-        try:
-            title = clean_text(title, "A todo title", MAX_TITLE_CHARS)
-        except InputError as error:
-            return invalid(TodoEditForm(todo, shown(title), str(error)))
-        if title != todo.title:
-            edited = replace(todo, title=title)
-            with journal.entry(protocol.TODO_EDITED) as data:
-                store.update_todo(edited)
-                data.update(id=todo.id, old_title=todo.title, title=title)
-            todo_changed(edited)
-            return TodoItem(edited)
-        return TodoItem(todo)
-
-    @app.delete("/todos/{todo_id}")
-    async def delete_todo(todo_id: int):
-        todo = store.todo(todo_id)
-        if todo is None:
-            return Response("No such todo.", status_code=404)
-        with journal.entry(protocol.TODO_DELETED) as data:
-            store.delete_todo(todo.id)
-            data.update(id=todo.id, title=todo.title)
-        todo_deleted(todo.id)
+    async def index(filter: str = ""):
+        shown_filter = todos.filter_of(filter)
+        return Page(shown_filter, lists.view(shown_filter), chat_log(), relay.status)
 
     @app.post("/chat")
     async def send_chat(form: dict):
@@ -302,11 +201,24 @@ def create_app(settings: Settings) -> FastHTML:
     async def stop():
         journal.publisher.publish(protocol.STOP, {})
 
+    last_resync: dict = {}  # filter -> (journal head, list version, status, markup)
+
+    def resync(filter: str) -> str:
+        # Tabs reconnect together (a restart of the web, a network blip): the frame is rendered once for all of
+        # them, until the journal, the list or the status changes, or while a reply streams.
+        head, status = store.last_seq(), relay.status
+        cached = last_resync.get(filter)
+        if relay.streaming or cached is None or cached[:3] != (head, lists.version, status):
+            markup = to_xml((lists.resync(filter), oob(chat_log()), oob(Status(status))))
+            last_resync[filter] = cached = (head, lists.version, status, markup)
+        return cached[3]
+
     async def on_connect(ws):
-        # A tab that (re)connects gets the whole current state, swapped in by id: after a restart of the web, or a
-        # disconnect for falling behind, it shows what it missed without a reload and without duplicates.
+        # A tab that (re)connects gets the current state of what it shows, swapped in by id: after a restart of the
+        # web, or a disconnect for falling behind, it shows what it missed without a reload and without duplicates.
+        # Only the first page of its filter's list (its URL says which): never the whole list.
         clients.connect(ws)
-        clients.send(ws, oob(TodoList(store.todos()), swap="innerHTML"), oob(chat_log()), oob(Status(relay.status)))
+        clients.send_html(ws, resync(todos.filter_of(ws.query_params.get("filter"))))
 
     async def on_disconnect(ws):
         clients.disconnect(ws)

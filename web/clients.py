@@ -37,6 +37,9 @@ class Clients:
     def send(self, ws: WebSocket, *components) -> None:
         self._enqueue(ws, to_xml(components))
 
+    def send_html(self, ws: WebSocket, html: str) -> None:
+        self._enqueue(ws, html)
+
     def broadcast(self, *components) -> None:
         self.broadcast_html(to_xml(components))  # rendered once for every tab
 

@@ -11,6 +11,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from tests.bench.big_lists import big_lists
 from tests.bench.figures import live_figures, long_history, ratio, zmq_floor
 from tests.bench.browser import first_visible_token
 from tests.bench.prompt_cache import first_comment, prompt_cache
@@ -62,6 +63,8 @@ def run(config: Config, compression: str | None = "deflate", workers: int = WORK
                                                                      entries, config.page_loads)
             progress("15: chromium, Send → first visible token")
             results["browser_first_token"] = first_visible_token(tmp_path / "browser", fake, config.browser_rounds)
+            results["big_lists"] = big_lists(tmp_path / "big-lists", fake, config.big_list_sizes,
+                                             config.big_list_loads, changes=config.big_list_changes)
             results.update(with_workers(tmp_path / f"workers-{workers}", fake, config, compression, workers))
         finally:
             fake.stop()

@@ -56,12 +56,16 @@ class Config:
     failover_tokens_per_s: float = 50
     duplicate_actions: int = 500
     browser_rounds: int = 20
+    big_list_sizes: tuple[int, ...] = (100, 1_000, 10_000, 50_000)  # figure 14: todos, 70% done
+    big_list_loads: int = 10
+    big_list_changes: int = 50
 
 
 QUICK = Config(relay_tokens=40, relay_tokens_per_s=400, action_samples=3, throughput_tokens=300, fan_out_clients=5,
                fan_out_tokens=20, fan_out_tokens_per_s=200, post_clients=3, post_samples=10,
                history_sizes=(200, 1_000), page_loads=3, floor_messages=300, failover_kills=3,
-               duplicate_actions=40, browser_rounds=3)
+               duplicate_actions=40, browser_rounds=3, big_list_sizes=(100, 1_000), big_list_loads=3,
+               big_list_changes=10)
 
 
 # statistics

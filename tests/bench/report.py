@@ -12,6 +12,10 @@ PAGE_LOAD_P99_MS = 300
 RSS_GROWTH_MAX = 0.10  # "flat": each process at most 10 % bigger with 10x the journal
 FAILOVER_P99_MS = 1_000
 WORKERS_WORSE_MAX = 0.10  # no figure with several workers worse than with one by more than this
+BIG_LIST_PAGE_P99_MS = 300  # issue 15: at 10,000 todos, 70% done
+BIG_LIST_PAGE_MAX_BYTES = 300_000
+BIG_LIST_CHANGE_P99_MS = 50
+BIG_LIST_RELAY_P99_MS = 20  # a reply's relay overhead while 10 tabs reconnect
 PROMPT_CACHE_FEWER_MIN = 4  # issue 10: at least 4x fewer uncached prompt tokens per reply after 100+ actions
 BROWSER_FIRST_TOKEN_P50_MS = 10  # issue 10: click → first visible token, minus the model's, p50
 FIRST_TOKEN_GROWTH_MAX = 1.5  # issue 10: p95 time to first token after 1,000 actions over that after 10
@@ -74,6 +78,17 @@ def first_token_growth(figure: dict) -> float:
     return new[most]["first_token_ms"]["p95"] / new[fewest]["first_token_ms"]["p95"]
 
 
+def judge_big_lists(figure: dict) -> dict[str, bool]:
+    live = figure["sizes"][str(figure["live_at"])]
+    relay = live["relay_while_reconnecting"]["overhead_ms"]["p99"]
+    return {
+        "big_list_page": live["page_load_ms"]["p99"] < BIG_LIST_PAGE_P99_MS
+        and live["page_bytes"] < BIG_LIST_PAGE_MAX_BYTES,
+        "big_list_changes": max(live["post_ms"]["p99"], live["toggle_ms"]["p99"]) < BIG_LIST_CHANGE_P99_MS,
+        "big_list_relay_while_reconnecting": relay is not None and relay < BIG_LIST_RELAY_P99_MS,
+    }
+
+
 def judge(results: dict) -> dict[str, bool | None]:
     history = results["long_history"]
     largest = history[max(history, key=int)]
@@ -97,6 +112,7 @@ def judge(results: dict) -> dict[str, bool | None]:
         "first_token_growth": first_token_growth(results["prompt_cache"]) <= FIRST_TOKEN_GROWTH_MAX,
         "first_comment_load": results["prompt_cache"]["first_comment"]["load_in_first_comment_ms"] == 0,
         "browser_first_token": results["browser_first_token"]["overhead_ms"]["p50"] <= BROWSER_FIRST_TOKEN_P50_MS,
+        **judge_big_lists(results["big_lists"]),
     }
 
 
@@ -177,8 +193,36 @@ def table(results: dict) -> str:
     lines += failover_rows(results["failover"], met) + duplicate_rows(results["duplicates"], met)
     lines += scaling_rows(results, met)
     lines += prompt_cache_rows(results["prompt_cache"], met)
+    lines += big_list_rows(results["big_lists"], met)
     lines += browser_rows(results["browser_first_token"], met)
     return "\n".join(lines)
+
+
+def big_list_rows(figure: dict, met: dict) -> list[str]:
+    at = str(figure["live_at"])
+    rows = [f"14 big lists, {figure['done_share']:.0%} done (markup per todo: "
+            f"{figure['bytes_per_todo']['open']} bytes open, {figure['bytes_per_todo']['done']} done)"]
+    for todos, size in sorted(figure["sizes"].items(), key=lambda item: int(item[0])):
+        is_live = todos == at
+        rows.append(row(f"  page load, {int(todos):,} todos, ms; HTML {size['page_bytes'] / 1000:,.0f} KB",
+                        size["page_load_ms"],
+                        target=f"p99 < {BIG_LIST_PAGE_P99_MS} ms, < {BIG_LIST_PAGE_MAX_BYTES // 1000} KB"
+                        if is_live else "", met=met["big_list_page"] if is_live else ""))
+    live = figure["sizes"][at]
+    relay = live["relay_while_reconnecting"]
+    rows += [
+        row(f"  todo POST at {int(at):,} todos, ms", live["post_ms"], target=f"p99 < {BIG_LIST_CHANGE_P99_MS} ms",
+            met=met["big_list_changes"]),
+        row(f"  toggle at {int(at):,} todos, ms", live["toggle_ms"]),
+        row("  resync bytes per connecting tab", value=live["resync_bytes"]),
+        row(f"  relay overhead while {relay['tabs_per_round']} tabs reconnect ({relay['rounds']} rounds), ms",
+            relay["overhead_ms"], target=f"p99 < {BIG_LIST_RELAY_P99_MS} ms",
+            met=met["big_list_relay_while_reconnecting"]),
+        row(f"  one round of {relay['tabs_per_round']} tabs connecting, ms", relay["round_ms"]),
+        row("  web CPU per connecting tab, ms", value=relay["web_cpu_ms_per_connect"]),
+        row("  the same reply with no tab reconnecting, ms", live["relay_alone"]["overhead_ms"]),
+    ]
+    return rows
 
 
 def browser_rows(figure: dict, met: dict) -> list[str]:

@@ -41,7 +41,12 @@ document.addEventListener("htmx:wsAfterMessage", () => {
 document.addEventListener("click", (event) => {
   const button = event.target.closest("button");
   if (!button) return;
-  if (button.id === "jump-latest") {
+  const row = button.closest("#todo-list .todo");
+  if (row && button.classList.contains("edit")) {
+    htmx.ajax("GET", `/todos/${todoId(row)}/edit`, { source: button, target: row, swap: "outerHTML" });
+  } else if (row && button.classList.contains("delete")) {
+    htmx.ajax("DELETE", `/todos/${todoId(row)}`, { source: button, swap: "none" });
+  } else if (button.id === "jump-latest") {
     const log = chatLog();
     log.scrollTop = log.scrollHeight;
     followChat = true;
@@ -120,4 +125,64 @@ document.addEventListener("htmx:afterSwap", (event) => {
   const form = event.detail.elt;
   if (form.id === "chat-form") document.getElementById("message").focus();
   if (form.id === "todo-form") document.getElementById("new-todo").focus();
+});
+
+// The todo list. Rows carry no htmx attributes: these handlers serve every row, by its id ("todo-12").
+const todoId = (row) => row.id.slice("todo-".length);
+
+document.addEventListener("change", (event) => {
+  const box = event.target;
+  const row = box.type === "checkbox" && box.closest("#todo-list .todo");
+  if (row) htmx.ajax("POST", `/todos/${todoId(row)}/toggle`, { source: box, swap: "none" });
+});
+
+// A change from any tab arrives in #todo-inbox: the row it touched (or a note that it is gone, or that every
+// completed one was cleared). Each is put where this tab's view wants it: in its section, in id order, or
+// nowhere if the view's filter leaves it out. A row beyond the pages loaded so far goes after the "Show more"
+// control, so it is seen at once; when that page loads, it brings the row again and the older copy is dropped.
+function placeTodo(item, list) {
+  if (item.classList.contains("cleared")) {
+    list.querySelectorAll(".todo.done, #done-list > .more:not(.show-done)").forEach((row) => row.remove());
+    item.remove();
+    return;
+  }
+  const old = list.querySelector(`#${item.id || item.dataset.todo}`);
+  if (old) old.remove();
+  const done = item.classList.contains("done");
+  const section = done ? document.getElementById("done-list") : list.dataset.filter !== "completed" && list;
+  if (item.classList.contains("gone") || !section) {
+    item.remove();
+    return;
+  }
+  const id = Number(todoId(item));
+  const next = [...section.children].find((row) => row.classList.contains("todo") && Number(todoId(row)) > id);
+  section.insertBefore(item, next || (done ? null : document.getElementById("done-section")));
+}
+
+function showCounts() {
+  const footer = document.getElementById("todo-footer");
+  if (!footer) return;
+  const done = Number(footer.dataset.done);
+  document.querySelectorAll(".done-count").forEach((count) => { count.textContent = done.toLocaleString("en-US"); });
+  document.querySelectorAll(".show-done").forEach((control) => { control.hidden = done === 0; });
+}
+
+document.addEventListener("htmx:wsAfterMessage", () => {
+  const inbox = document.getElementById("todo-inbox");
+  const list = document.getElementById("todo-list");
+  // Most frames are tokens: nothing to do here. Every change to the list comes with a row (or a note) in the
+  // inbox and the footer's new counts; a resync brings its counts already rendered.
+  if (!inbox || !list || !inbox.children.length) return;
+  for (const item of [...inbox.children]) placeTodo(item, list);
+  showCounts();
+});
+
+// After a page of a section loads, a row that arrived live before it (see placeTodo) is there twice: keep the
+// first, which is in id order.
+document.addEventListener("htmx:afterSwap", () => {
+  const seen = new Set();
+  document.querySelectorAll("#todo-list .todo").forEach((row) => {
+    if (seen.has(row.id)) row.remove();
+    else seen.add(row.id);
+  });
 });
