@@ -15,7 +15,7 @@ from tests.bench.big_lists import big_lists
 from tests.bench.figures import live_figures, long_history, ratio, zmq_floor
 from tests.bench.browser import first_visible_token
 from tests.bench.prompt_cache import first_comment, prompt_cache
-from tests.bench.harness import QUICK, Config, FakeOllamaProcess, bench_system, progress
+from tests.bench.harness import QUICK, Config, FakeOllamaProcess, bench_system, exit_on_sigterm, progress
 from tests.bench.report import judge, table
 from tests.bench.workers import several_workers, worker_scaling
 
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=WORKERS, choices=range(2, 9), metavar="{2..8}",
                         help="workers for figures 10 to 12 (default: %(default)s)")
     args = parser.parse_args(argv)
+    exit_on_sigterm()
     results = run(QUICK if args.quick else Config(), None if args.no_compression else "deflate", args.workers)
     results["quick"] = args.quick
     args.json.write_text(json.dumps(results, indent=2) + "\n")

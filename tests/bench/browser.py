@@ -10,7 +10,7 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from services import protocol
-from tests.bench.harness import FakeOllamaProcess, StampedTap, bench_system, summary
+from tests.bench.harness import FakeOllamaProcess, StampedTap, bench_system, exit_on_sigterm, summary
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 WAIT_MS = 15_000
@@ -101,6 +101,7 @@ if __name__ == "__main__":
     import json
     import sys
     import tempfile
+    exit_on_sigterm()
     fake_process = FakeOllamaProcess()
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -8,6 +8,7 @@ import io
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -299,6 +300,11 @@ def cpu_per(before: dict[str, float], after: dict[str, float], count: int, scale
 
 
 STARTED = time.monotonic()
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (`timeout`, a CI limit) unwinds like Ctrl-C: every `with` stops the processes it started."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def progress(text: str) -> None:

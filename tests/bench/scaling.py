@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from tests.bench.figures import throughput
-from tests.bench.harness import Config, FakeOllamaProcess, Session, bench_system, paused_gc
+from tests.bench.harness import Config, FakeOllamaProcess, Session, bench_system, exit_on_sigterm, paused_gc
 
 RESAMPLES = 2_000
 
@@ -60,5 +60,6 @@ def experiment(rounds: int, workers: int) -> dict:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     result = experiment(int(sys.argv[1]) if len(sys.argv) > 1 else 10, int(sys.argv[2]) if len(sys.argv) > 2 else 3)
     print(json.dumps(result, indent=1))
