@@ -20,6 +20,7 @@ from web.journal import Journal
 
 REPLY_ID = protocol.WORD
 MAX_ERROR_CHARS = 1_000
+STATUS_HOLD_S = 0.3  # at most this long a started reply's status waits for its first token
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class Relay:
         self.streaming: dict[str, Reply] = {}
         self.last_answering = ""  # worker_id of the last holder to start a reply
         self.lost = ""  # why the last claim lapsed: the status says so even if it showed an Ollama problem
+        self._status_after_token = False  # a reply started: its status goes out after its first token
+        self._status_held_at = 0.0
         self.unheard = DropLog("message from a worker without the claim")
         self._handlers = {
             protocol.LLM_START: self._start,
@@ -89,7 +92,13 @@ class Relay:
             self._interrupt(data["token"], keep=reply_id)
             self._streaming_reply(reply_id, data["token"])
             self.last_answering = data["worker_id"]
-            self._refresh_status()
+            worker = self.workers.get(data["worker_id"])
+            if worker is not None:  # what its own status will say next: then that one changes nothing to send
+                worker.state, worker.reason = "thinking", ""
+            # The status is sent after the first token, not before it: each frame ahead of that token is time the
+            # person waits for it (the tab handles frames one at a time). A model slow to start still shows
+            # "thinking" within STATUS_HOLD_S.
+            self._status_after_token, self._status_held_at = True, time.monotonic()
 
     def _streaming_reply(self, reply_id: str, token: int) -> Reply:
         """The reply being streamed, shown in every tab; created on its first token if its start was lost (the bus
@@ -109,6 +118,9 @@ class Relay:
         reply = self._streaming_reply(reply_id_of(data), data["token"])
         reply.parts.append(text)
         self.clients.broadcast_html(token_frame(reply.reply_id, text))
+        if self._status_after_token:
+            self._status_after_token = False
+            self._refresh_status()
 
     def _done(self, data: dict) -> None:
         reply_id = reply_id_of(data)
@@ -164,14 +176,17 @@ class Relay:
         self.workers[worker_id] = WorkerStatus(
             state=str(data["state"]), reason=str(data.get("reason", "")), model=str(data.get("model", "")),
             ollama_url=str(data.get("ollama_url", "")), worker_id=worker_id)
-        self._refresh_status()
+        if not self._status_after_token:  # (the answering worker's "thinking" waits for its first token)
+            self._refresh_status()
 
     def check_workers(self) -> None:
         """Lapse the claim of a holder that stopped beating, and forget workers that did."""
         self.claims.check_lease()
-        self._refresh_status()
+        if not self._status_after_token or time.monotonic() - self._status_held_at > STATUS_HOLD_S:
+            self._refresh_status()
 
     def _refresh_status(self) -> None:
+        self._status_after_token = False
         live = self.claims.live_workers()
         for worker_id in [w for w in self.workers if w not in live]:
             del self.workers[worker_id]

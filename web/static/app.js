@@ -116,6 +116,16 @@ document.addEventListener("htmx:beforeSwap", (event) => {
   if (event.detail.target.id === "load-earlier") fromBottom = chatLog().scrollHeight - chatLog().scrollTop;
 });
 
+// A message sent: the web answers 204 and the form is cleared here, with no swap (see send_chat in app.py).
+document.addEventListener("htmx:afterRequest", (event) => {
+  const form = event.detail.elt;
+  if (form.id !== "chat-form" || event.detail.xhr.status !== 204) return;
+  form.reset();
+  const error = form.querySelector(".error");
+  if (error) error.remove();
+  document.getElementById("message").focus();
+});
+
 // After a form is swapped back in, keep typing where you were.
 document.addEventListener("htmx:afterSwap", (event) => {
   if (fromBottom !== null && event.detail.target.id === "load-earlier") {
