@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 
 import httpx
+import pytest
 import zmq
 
 from services import protocol
@@ -39,10 +40,11 @@ def assert_each_batch_answered_once(app: System, fake_ollama) -> list[dict]:
     return replies
 
 
-def test_three_workers_answer_every_action_and_burst_exactly_once(tmp_path, fake_ollama):
+@pytest.mark.parametrize("workers", [3, 4])
+def test_several_workers_answer_every_action_and_burst_exactly_once(tmp_path, fake_ollama, workers):
     fake_ollama.knobs.tokens_per_s = 400
-    with running(tmp_path, fake_ollama.url, workers=3, ACTIONS_PER_S="1000", ACTION_BURST="1000") as app:
-        ready_workers(app, 3)
+    with running(tmp_path, fake_ollama.url, workers=workers, ACTIONS_PER_S="1000", ACTION_BURST="1000") as app:
+        ready_workers(app, workers)
         with httpx.Client(base_url=app.url, headers={"HX-Request": "true"}, timeout=5) as client:
             for round_number in range(8):
                 for i in range(3):  # a burst of adds, then a toggle, an edit, a delete and a chat message
