@@ -146,6 +146,7 @@ def TodoEditForm(todo: Todo, value: str | None = None, error: str = ""):
             Input(name="title", value=todo.title if value is None else value, aria_label="Edit title",
                   maxlength=500, required=True, autofocus=True),
             Button("Save", type="submit"),
+            Button("Cancel", type="button", cls="cancel"),  # a phone has no Escape key
             P(error, cls="error", role="alert") if error else None,
             hx_put=f"/todos/{todo.id}", hx_target=f"#todo-{todo.id}", hx_swap="outerHTML",
         ),

@@ -12,7 +12,7 @@ document.addEventListener("keydown", (event) => {
   const editing = field.closest && field.closest(".todo.editing");
   if (editing && event.key === "Escape") {
     event.preventDefault();
-    htmx.ajax("GET", "/todos/" + editing.id.replace("todo-", ""), { target: editing, swap: "outerHTML" });
+    cancelEdit(editing);
   }
 });
 
@@ -43,7 +43,9 @@ document.addEventListener("click", (event) => {
   if (!button) return;
   const row = button.closest("#todo-list .todo");
   if (row && button.classList.contains("edit")) {
-    htmx.ajax("GET", `/todos/${todoId(row)}/edit`, { source: button, target: row, swap: "outerHTML" });
+    startEdit(row);
+  } else if (row && button.classList.contains("cancel")) {
+    cancelEdit(row);
   } else if (row && button.classList.contains("delete")) {
     htmx.ajax("DELETE", `/todos/${todoId(row)}`, { source: button, swap: "none" });
   } else if (button.id === "jump-latest") {
@@ -140,6 +142,95 @@ document.addEventListener("htmx:afterSwap", (event) => {
 // The todo list. Rows carry no htmx attributes: these handlers serve every row, by its id ("todo-12").
 const todoId = (row) => row.id.slice("todo-".length);
 
+// Editing, as in TodoMVC: Edit or a double-click opens one editor at a time; Enter or leaving the field saves,
+// Escape or Cancel puts the row back. A change another tab makes to the row meanwhile waits until then (the
+// row that comes back is the current one).
+function startEdit(row) {
+  document.querySelectorAll("#todo-list .todo.editing").forEach((other) => { if (other !== row) saveEdit(other); });
+  htmx.ajax("GET", `/todos/${todoId(row)}/edit`, { target: row, swap: "outerHTML" });
+}
+
+function cancelEdit(row) {
+  row.dataset.closing = "1";
+  htmx.ajax("GET", `/todos/${todoId(row)}`, { target: row, swap: "outerHTML" });
+}
+
+function saveEdit(row) {
+  if (row.dataset.closing) return;
+  row.dataset.closing = "1";
+  row.querySelector("form").requestSubmit();
+}
+
+document.addEventListener("dblclick", (event) => {
+  const row = event.target.closest && event.target.closest("#todo-list .todo:not(.editing)");
+  if (row && event.target.classList.contains("title")) startEdit(row);
+});
+
+document.addEventListener("focusout", (event) => {
+  const row = event.target.closest && event.target.closest("#todo-list .todo.editing");
+  // Leaving the editor for somewhere outside it saves; moving to its own Save or Cancel does not.
+  if (row && event.target.name === "title" && !(event.relatedTarget && row.contains(event.relatedTarget))) {
+    saveEdit(row);
+  }
+});
+
+document.addEventListener("submit", (event) => {
+  const row = event.target.closest("#todo-list .todo.editing");
+  if (row) row.dataset.closing = "1";  // Enter or Save: the blur that follows must not submit again
+}, true);
+
+// After a row is swapped (saved, put back, or replaced by another tab's change), focus stays on that row: on the
+// control it was on, else its Edit button; a deleted row hands focus to the next one.
+let focusedControl = null;
+document.addEventListener("htmx:beforeSwap", (event) => {
+  const target = event.detail.target;
+  focusedControl = target && target.classList && target.classList.contains("todo") && target.contains(document.activeElement)
+    ? { id: target.id, kind: controlKind(document.activeElement) } : null;
+});
+document.addEventListener("htmx:afterSettle", () => {  // (after htmx's own focus handling, which runs on swap)
+  if (!focusedControl) return;
+  const row = document.getElementById(focusedControl.id);
+  if (row) focusRow(row, focusedControl.kind);
+  focusedControl = null;
+});
+
+function controlKind(element) {
+  if (element.type === "checkbox") return "toggle";
+  return ["edit", "delete"].find((kind) => element.classList.contains(kind)) || "edit";
+}
+
+function focusRow(row, kind) {
+  if (row.classList.contains("editing")) return;  // its autofocus input takes it
+  const control = kind === "toggle" ? row.querySelector("input[type=checkbox]") : row.querySelector(`.${kind}`) ||
+    row.querySelector(".edit");
+  if (control) control.focus({ preventScroll: true });
+}
+
+// A todo deleted while someone edits or looks at it: the editor's save answers 404; drop the row.
+document.addEventListener("htmx:responseError", (event) => {
+  const row = event.detail.target && event.detail.target.closest && event.detail.target.closest(".todo");
+  if (row && event.detail.xhr.status === 404) {
+    focusNext(row);
+    row.remove();
+  }
+});
+
+function focusNext(row) {
+  const rows = [...document.querySelectorAll("#todo-list .todo")];
+  const next = rows[rows.indexOf(row) + 1] || rows[rows.indexOf(row) - 1];
+  if (next) focusRow(next, "toggle");
+  else document.getElementById("new-todo").focus();
+}
+
+// A todo this tab adds is scrolled into view and flagged when its row arrives (the list may be long).
+let addedHere = false;  // set when the form is sent: the row's frame can arrive before the POST's answer
+document.addEventListener("htmx:beforeRequest", (event) => {
+  if (event.detail.elt.id === "todo-form") addedHere = true;
+});
+document.addEventListener("htmx:afterRequest", (event) => {
+  if (event.detail.elt.id === "todo-form" && !event.detail.successful) addedHere = false;
+});
+
 document.addEventListener("change", (event) => {
   const box = event.target;
   const row = box.type === "checkbox" && box.closest("#todo-list .todo");
@@ -157,16 +248,33 @@ function placeTodo(item, list) {
     return;
   }
   const old = list.querySelector(`#${item.id || item.dataset.todo}`);
-  if (old) old.remove();
+  if (old && old.classList.contains("editing") && !item.classList.contains("gone")) {
+    item.remove();  // not under the person's cursor: the row that comes back when they save or cancel is current
+    return;
+  }
+  const hadFocus = old && old.contains(document.activeElement) ? controlKind(document.activeElement) : null;
   const done = item.classList.contains("done");
   const section = done ? document.getElementById("done-list") : list.dataset.filter !== "completed" && list;
-  if (item.classList.contains("gone") || !section) {
+  if (item.classList.contains("gone") || !section) {  // deleted, or out of this view: focus moves on
+    if (hadFocus) focusNext(old);
+    if (old) old.remove();
     item.remove();
     return;
   }
+  // A row that moves to the other section (ticked off: to the completed ones at the end) is not followed there,
+  // which would scroll the list away: focus goes to the row that took its place, as after a delete.
+  const moved = old && old.parentElement !== section;
+  if (hadFocus && moved) focusNext(old);
+  if (old) old.remove();
   const id = Number(todoId(item));
   const next = [...section.children].find((row) => row.classList.contains("todo") && Number(todoId(row)) > id);
   section.insertBefore(item, next || (done ? null : document.getElementById("done-section")));
+  if (hadFocus && !moved) focusRow(item, hadFocus);
+  if (!old && addedHere) {
+    addedHere = false;
+    item.classList.add("new");
+    item.scrollIntoView({ block: "nearest" });
+  }
 }
 
 function showCounts() {
