@@ -17,3 +17,10 @@ def test_raw_html_script_links_and_images_stay_text():
     assert "<script" not in html and "<img" not in html
     assert 'href="javascript' not in html
     assert "&lt;script&gt;" in html
+
+
+def test_a_note_that_names_a_command_shows_it_as_code_not_backticks():
+    from fasthtml.common import to_xml
+    from web.components import ErrorNote
+    note = to_xml(ErrorNote("Ollama is not running: start it with `ollama serve`, <b>then</b> wait."))
+    assert "<code>ollama serve</code>" in note and "`" not in note and "<b>" not in note

@@ -208,7 +208,7 @@ def test_on_a_phone_one_panel_shows_and_a_new_comment_is_a_tap_away(fake_ollama,
     expect(page.locator("#unread")).to_have_text("1", timeout=10_000)  # counted on the Chat button
     peek = page.locator("#peek")
     expect(peek).to_contain_text("Bold of you.")  # and the comment itself, under the list
-    for control in page.locator("button:visible, input[type=checkbox]:visible").all():
+    for control in page.locator("button:visible, input[type=checkbox]:visible, #todo-filters a").all():
         box = control.bounding_box()
         assert box["width"] >= 44 and box["height"] >= 44, control.evaluate("e => e.outerHTML")
     page.screenshot(path=tmp_path / "phone.png", full_page=True)
@@ -231,9 +231,13 @@ def test_a_long_history_is_shown_in_pages_and_loads_earlier_on_request(system, p
     log = page.get_by_role("log")
     expect(log.locator(".msg")).to_have_count(100)
     expect(log.locator(".msg.user", has_text="question 00")).to_have_count(0)  # only the newest 100 of 110
+    log.evaluate("e => { e.scrollTop = 0; }")  # reading the oldest shown, the button just above it
+    reading = page.locator("#" + log.locator(".msg.user").first.get_attribute("id"))
+    before = reading.bounding_box()["y"]
     page.get_by_role("button", name="Load earlier messages").click()
     expect(log.locator(".msg")).to_have_count(110)
     expect(log.locator(".msg.user p").first).to_have_text("question 00")
+    assert abs(reading.bounding_box()["y"] - before) < 60  # still where it was (the button's height aside)
     expect(page.get_by_role("button", name="Load earlier messages")).to_have_count(0)
 
 
