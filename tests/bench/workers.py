@@ -127,7 +127,10 @@ async def kill_answering_worker(session: Session, tap: StampedTap, index: int, w
     started_at, takeover = await heard(tap, takes_over, f"another worker's reply through seq {seq}", mark)
     reply_id = takeover.data["reply_id"]
     token_at, _ = await heard(tap, of(protocol.LLM_TOKEN, reply_id=reply_id), "its first token", mark)
-    await heard(tap, of(protocol.REPLY_SAVED, reply_id=reply_id), "that reply saved", mark)
+    # The batch answered, once: normally by that reply; under heavy load its worker may in turn miss heartbeats and
+    # another worker answers (the duplicates figure and the tests check that it is never answered twice).
+    await heard(tap, lambda m: m.type == protocol.REPLY_SAVED and m.data["covers_seq"] >= killed["covers_seq"],
+                f"a reply through seq {killed['covers_seq']} saved", mark)
     back_at, _ = await heard(tap, lambda m: m.type == protocol.LLM_STATUS and m.data.get("pid") not in pids
                              and m.data.get("state") == "ready", "the killed worker back and ready", mark, WAIT_S * 2)
     await asyncio.to_thread(tap.messages.wait_until, all_ready(workers, gone, mark), WAIT_S, f"{workers} ready")
