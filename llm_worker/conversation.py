@@ -190,8 +190,9 @@ class Conversation:
         if cost > budget - self.estimate_tokens(self.window_list):
             # One big step down to a quarter of the budget (leaving the list its whole share: it is taken again
             # and may grow): the next replies share the new beginning.
-            dropped = 0
-            while dropped < len(history) and (
+            # The turn being answered always stays, however long: a prompt without it would answer nothing.
+            dropped, keep = 0, len(history) - 1
+            while dropped < keep and (
                     cost > (budget - list_budget) // WINDOW_KEEP or (dropped and history[dropped][0] == history[dropped - 1][0])):
                 # (an action and the reply to it share a position: they leave the window together)
                 cost -= self.estimate_tokens(history[dropped][2])

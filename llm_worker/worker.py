@@ -50,6 +50,7 @@ class Worker:
         self._resync = asyncio.Event()  # a gap was seen while applying: catch up again
         self.token: int | None = None  # the claim we answer under now
         self._offer: tuple[int, int] | None = None  # (token, covers_seq) of a claim the web granted unasked
+        self._last_token = 0  # the newest claim we answered under: a grant at or below it is no offer
         self._claim_lost = False
         self._resends: dict[str, int] = {}  # reply_id → times its done was sent again
         self._old_checked_at = 0.0
@@ -108,8 +109,9 @@ class Worker:
         elif applied is Applied.APPLIED and entry.type == protocol.CLAIM_ENDED:
             self._claim_ended(entry.data.get("token"))
         elif (applied is Applied.APPLIED and live and entry.type == protocol.CLAIM_GRANTED
-              and entry.data.get("worker_id") == self.worker_id and entry.seq != self.token):
-            self._offer = (entry.seq, entry.data.get("covers_seq"))  # (not one we asked for and are answering)
+              and entry.data.get("worker_id") == self.worker_id and entry.seq > self._last_token):
+            # (Not one we asked for and answered already: its grant can arrive over the bus after our reply.)
+            self._offer = (entry.seq, entry.data.get("covers_seq"))
 
     async def _catch_up(self, after: int | None) -> None:
         """Ask the web's journal for entries after `after` (None: the recent window) until we reach its head. A
@@ -167,6 +169,7 @@ class Worker:
 
     async def _answer_under(self, token: int, batch: list[Message]) -> None:
         self.token, self._claim_lost = token, False
+        self._last_token = max(self._last_token, token)
         self._generation = asyncio.create_task(self._generate(batch, token))
         try:
             await self._generation

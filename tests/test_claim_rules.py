@@ -89,8 +89,8 @@ def test_an_action_with_no_claim_current_is_offered_to_a_fresh_ready_worker_at_o
 
 def test_an_offer_goes_to_the_last_holder_and_ends_at_the_first_unanswered_chat_message(journal):
     claims = Claims(journal, heartbeat_s=1.0, on_end=lambda claim, reason: None)
-    for worker_id in ("w1", "w2"):
-        claims.heartbeat(worker_id)
+    for connection, worker_id in enumerate(("w1", "w2")):
+        claims.heartbeat(worker_id, connection)
     first = act(journal, "a")
     token, _ = claims.request("w2", first, 0, None)
     claims.completed(token, first)
@@ -106,7 +106,7 @@ def test_an_offer_declined_or_not_made_leaves_the_claim_to_whoever_asks(journal)
     claims = Claims(journal, heartbeat_s=1.0, on_end=lambda claim, reason: ended.append(reason))
     claims.offer(act(journal, "a"), ready=["w1"])  # w1 has sent no heartbeat: not offered
     assert claims.current is None
-    claims.heartbeat("w1")
+    claims.heartbeat("w1", connection=3)
     seq = act(journal, "b")
     claims.offer(seq, ready=["w1"])
     claims.release("w1", journal.last_published.seq, "declined")
@@ -117,8 +117,18 @@ def test_an_offer_declined_or_not_made_leaves_the_claim_to_whoever_asks(journal)
 def test_a_worker_whose_heartbeats_went_stale_gets_no_offer(journal, monkeypatch):
     import web.claims
     claims = Claims(journal, heartbeat_s=1.0, on_end=lambda claim, reason: None)
-    claims.heartbeat("w1")
+    claims.heartbeat("w1", connection=3)
     now = web.claims.time.monotonic()
     monkeypatch.setattr(web.claims.time, "monotonic", lambda: now + 2.0)  # 2 heartbeats later: alive, not fresh
     claims.offer(act(journal, "a"), ready=["w1"])
     assert claims.current is None and claims.alive("w1")
+
+
+def test_a_worker_whose_link_closed_gets_no_offer(journal):
+    claims = Claims(journal, heartbeat_s=1.0, on_end=lambda claim, reason: None)
+    claims.heartbeat("w1", connection=3)  # fresh, and the last holder, say
+    claims.heartbeat("w2", connection=4)
+    claims.last_holder = "w1"
+    claims.disconnected(3)  # killed while idle: its heartbeat is still fresh
+    claims.offer(act(journal, "a"), ready=["w1", "w2"])
+    assert claims.current.worker_id == "w2" and claims.current.connection == 4

@@ -175,3 +175,15 @@ def session_over_budget(calibrated: bool, budget: int = 1500, chars_per_token: f
 def test_the_budget_is_learned_from_the_token_counts_ollama_reports():
     assert any(session_over_budget(calibrated=False)), "the guess alone must overflow, or this proves nothing"
     assert not any(session_over_budget(calibrated=True)[5:])
+
+
+def test_a_long_question_is_never_dropped_from_its_own_prompt():
+    conversation = Conversation()
+    conversation.load_window([], 0)
+    for seq in range(1, 41, 2):  # a window nearly full of chat
+        conversation.apply(chat(seq, f"question {seq} " + "x" * 80))
+        conversation.apply(saved(seq + 1, seq, "answer " * 10, reply_id=f"r{seq}"))
+    long = "please read all of this " * 90  # ~2,200 characters: more than the quarter the window keeps
+    conversation.apply(chat(41, long))
+    messages = conversation.prompt(through_seq=41, budget_tokens=1500)
+    assert messages[-1] == {"role": "user", "content": long}

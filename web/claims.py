@@ -78,7 +78,8 @@ class Claims:
     def offer(self, action_seq: int, ready: list[str]) -> None:
         """An action was journaled: with no claim current, grant the batch it ends to one of the `ready` workers
         at once, so it need not ask (see the protocol's docstring, "Offers")."""
-        fresh = [w for w in ready if self.alive(w, FRESH_HEARTBEATS)]
+        # Only to a worker whose link is open: a killed one's closes at once, and its claim could not end with it.
+        fresh = [w for w in ready if self.alive(w, FRESH_HEARTBEATS) and w in self.connections]
         if self.current is not None or not fresh or action_seq <= self.answered_through:
             return
         unanswered = self.journal.store.entries_after(self.answered_through, OFFER_SCAN)
@@ -134,6 +135,8 @@ class Claims:
         """The holder's link closed: a killed process. Freezing keeps it open; only the lease catches that."""
         for worker_id in [w for w, fd in self.connections.items() if fd == connection]:
             del self.connections[worker_id]  # the descriptor may be reused by the next connection
+            if self.current is None or self.current.worker_id != worker_id:
+                self.heartbeats.pop(worker_id, None)  # gone: not counted, not offered anything
         if self.current is not None and self.current.connection == connection:
             self.heartbeats.pop(self.current.worker_id, None)
             self.end(self.current, "disconnected")

@@ -70,7 +70,10 @@ class WorkerRequests:
                 token, reason = None, f"the journal cannot record a claim now ({error})"
             return protocol.encode_reply(op, request_id, token=token, reason=reason)
         if op == protocol.OP_RELEASE:  # an offered claim it will not use now: no reply
-            self.claims.release(request["worker_id"], request["token"], "declined")
+            try:
+                self.claims.release(request["worker_id"], request["token"], "declined")
+            except sqlite3.Error as error:  # the claim stays; its holder's next request for another batch ends it
+                log.warning("could not end a declined claim (%s)", error)
             return None
         self.claims.heartbeat(request["worker_id"], connection)  # OP_HEARTBEAT: no reply
         return None

@@ -95,10 +95,10 @@ function awayFromChat() {
 const counted = new Set();  // replies already counted: a finished reply replaces its streaming bubble
 
 new MutationObserver((changes) => {
-  if (!awayFromChat()) return;
   const added = changes.flatMap((c) => [...c.addedNodes])
     .filter((n) => n.classList && n.classList.contains("assistant") && !counted.has(n.id));
-  added.forEach((n) => counted.add(n.id));
+  added.forEach((n) => counted.add(n.id));  // (seen, when the chat is shown)
+  if (!awayFromChat()) return;
   if (added.length) {
     const unread = document.getElementById("unread");
     unread.textContent = String(Number(unread.textContent || 0) + added.length);
@@ -156,10 +156,16 @@ function cancelEdit(row) {
 }
 
 function saveEdit(row) {
-  if (row.dataset.closing) return;
-  row.dataset.closing = "1";
-  row.querySelector("form").requestSubmit();
+  // (The submit listener below marks the row as closing, so a blur after Enter does not submit again; an empty
+  // title that the browser refuses to submit leaves the editor open and usable.)
+  if (!row.dataset.closing) row.querySelector("form").requestSubmit();
 }
+
+// Safari and Firefox on macOS do not focus a clicked button, so leaving the field for Cancel would look like
+// leaving the editor and save: pressing an editor's button keeps the focus in the field.
+document.addEventListener("pointerdown", (event) => {
+  if (event.target.closest && event.target.closest("#todo-list .todo.editing button")) event.preventDefault();
+});
 
 document.addEventListener("dblclick", (event) => {
   const row = event.target.closest && event.target.closest("#todo-list .todo:not(.editing)");
@@ -188,7 +194,11 @@ document.addEventListener("htmx:beforeSwap", (event) => {
     ? { id: target.id, kind: controlKind(document.activeElement) } : null;
 });
 document.addEventListener("htmx:afterSettle", () => {  // (after htmx's own focus handling, which runs on swap)
-  if (!focusedControl) return;
+  // Only focus that the swap dropped is put back: not focus the person has since moved (to another editor, say).
+  if (!focusedControl || (document.activeElement && document.activeElement !== document.body)) {
+    focusedControl = null;
+    return;
+  }
   const row = document.getElementById(focusedControl.id);
   if (row) focusRow(row, focusedControl.kind);
   focusedControl = null;
