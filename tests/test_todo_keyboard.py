@@ -56,6 +56,7 @@ def test_focus_stays_on_the_row_after_a_toggle_an_edit_and_an_escape_and_moves_o
     expect(row(page, "second")).to_have_class("todo")
     page.get_by_role("button", name="Edit second").focus()
     page.get_by_role("button", name="Edit second").press("Enter")
+    expect(page.get_by_label("Edit title")).to_be_focused()  # settled: htmx has focused it
     page.get_by_label("Edit title").fill("second, renamed")
     page.keyboard.press("Enter")
     expect(page.get_by_role("button", name="Edit second, renamed")).to_be_focused()
@@ -72,10 +73,12 @@ def test_double_click_edits_one_at_a_time_blur_saves_and_cancel_puts_back(web, t
     add(web, "alpha", "beta")
     page = tab()
     page.get_by_text("alpha", exact=True).dblclick()
+    expect(page.get_by_label("Edit title")).to_be_focused()  # settled: htmx has focused it
     page.get_by_label("Edit title").fill("alpha, saved on blur")
     page.get_by_text("beta", exact=True).dblclick()  # leaving the first editor saves it; only one stays open
     expect(page.get_by_label("Edit title")).to_have_count(1)
     expect(row(page, "alpha, saved on blur")).to_have_count(1)
+    expect(page.get_by_label("Edit title")).to_be_focused()  # settled: htmx has focused it
     page.get_by_label("Edit title").fill("beta, thrown away")
     page.get_by_role("button", name="Cancel").click()
     expect(row(page, "beta")).to_have_text("betaEditDelete")
@@ -86,6 +89,7 @@ def test_a_change_from_another_tab_does_not_wipe_what_you_are_typing(web, tab):
     add(web, "shared")
     page, other = tab(), tab()
     page.get_by_role("button", name="Edit shared").click()
+    expect(page.get_by_label("Edit title")).to_be_focused()  # settled: htmx has focused it
     page.get_by_label("Edit title").fill("half-typ")
     other.get_by_role("checkbox", name="Done: shared").check()
     expect(other.locator("li.todo.done")).to_have_count(1)

@@ -102,10 +102,12 @@ def test_a_todo_is_edited_in_place_with_enter_and_escape(page):
     item = page.get_by_role("list", name="Todos").locator("li.todo")
     expect(item).to_contain_text("draft")
     page.get_by_role("button", name="Edit draft").click()
+    expect(page.get_by_label("Edit title")).to_be_focused()  # settled: htmx has focused it
     page.get_by_label("Edit title").fill("thrown away")
     page.keyboard.press("Escape")
     expect(item).to_contain_text("draft")
     page.get_by_role("button", name="Edit draft").click()
+    expect(page.get_by_label("Edit title")).to_be_focused()  # settled: htmx has focused it
     page.get_by_label("Edit title").fill("final")
     page.keyboard.press("Enter")
     expect(item).to_contain_text("final")
