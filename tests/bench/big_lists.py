@@ -18,14 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 from websockets.asyncio.client import connect
 
 from fasthtml.common import to_xml
 from store import Store, Todo
 from web import components
 from tests.bench.harness import (
-    HTTP_TIMEOUT_S, FakeOllamaProcess, Session, bench_system, cpu_per, paused_gc, progress, summary,
+    HTTP_TIMEOUT_S, FakeOllamaProcess, Session, bench_system, cpu_per, page_loads, paused_gc, progress, summary,
 )
 from tests.system import System
 from tests.bench.tabs import (
@@ -34,6 +33,7 @@ from tests.bench.tabs import (
 
 SIZES = (100, 1_000, 10_000, 50_000)
 DONE_SHARE = 0.7
+PAGE_TIMEOUT_S = max(HTTP_TIMEOUT_S, 120)  # a list rendered whole (the "before") was 4 MB a page
 RECONNECTING_TABS = 10
 ROUND_EVERY_S = 0.25  # a wave of reconnecting tabs four times a second, for as long as the reply streams
 STREAM_TOKENS, STREAM_TOKENS_PER_S = 300, 100  # the reply relayed while tabs reconnect: 3 s
@@ -58,19 +58,6 @@ def bytes_per_todo() -> dict:
     sizes = {state: len(to_xml(components.TodoItem(Todo(4_321, "chore 4321", state == "done"))).encode())
              for state in ("open", "done")}
     return sizes
-
-
-def page_loads(url: str, loads: int) -> dict:
-    times, size = [], 0
-    with httpx.Client(base_url=url, timeout=max(HTTP_TIMEOUT_S, 120), trust_env=False) as client:
-        client.get("/").raise_for_status()  # warm: the first request pays for imports and caches
-        for _ in range(loads):
-            started = time.perf_counter()
-            response = client.get("/")
-            times.append(time.perf_counter() - started)
-            response.raise_for_status()
-            size = len(response.content)
-    return {"page_load_ms": summary(times, 1000), "page_bytes": size}
 
 
 async def open_tab(url: str, timeout_s: float = WAIT_S) -> Listener:
@@ -199,7 +186,7 @@ def one_size(tmp_path: Path, fake: FakeOllamaProcess, todos: int, loads: int, ch
     """Page loads on a fresh web over `todos` todos; with `changes`, the live figures too."""
     fill(tmp_path / "data", todos)  # System's DATA_DIR
     with bench_system(tmp_path, fake.url) as app:
-        figure = {"todos": todos, **page_loads(app.url, loads)}
+        figure = {"todos": todos, **page_loads(app.url, loads, warm=True, timeout_s=PAGE_TIMEOUT_S)}
         if changes:
             figure.update(asyncio.run(live(app, fake, changes, timeout_s=600)))
     return figure

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import zmq
 
 from services import config, protocol
@@ -17,8 +16,8 @@ from store import Store
 
 from tests.system import Process, System
 from tests.bench.harness import (
-    HISTORY_TODOS, HTTP_TIMEOUT_S, POST_BUDGET_S, Config, FakeOllamaProcess, Session, Streamed, TokenTap,
-    bench_system, cpu_per, paused_gc, progress, rate, rss_mb, summary,
+    HISTORY_TODOS, POST_BUDGET_S, Config, FakeOllamaProcess, Session, Streamed, TokenTap,
+    bench_system, cpu_per, page_loads, paused_gc, progress, rate, rss_mb, summary,
 )
 from tests.bench.tabs import (
     WAIT_S, Frame, Listener, by_reply, close_listeners, counts, delivery, frame_bytes, index_of, is_bubble, is_final,
@@ -275,20 +274,13 @@ def preload_journal(data_dir: Path, entries: int) -> None:
         store.close()
 
 
-def long_history(tmp_path: Path, ollama_url: str, entries: int, page_loads: int) -> dict:
+def long_history(tmp_path: Path, ollama_url: str, entries: int, loads: int) -> dict:
     preload_journal(tmp_path / "data", entries)  # System's DATA_DIR
     with bench_system(tmp_path, ollama_url) as app:
-        loads, size = [], 0
-        with httpx.Client(base_url=app.url, timeout=HTTP_TIMEOUT_S, trust_env=False) as client:
-            for _ in range(page_loads):
-                started = time.perf_counter()
-                response = client.get("/")
-                loads.append(time.perf_counter() - started)
-                response.raise_for_status()
-                size = len(response.content)
+        pages = page_loads(app.url, loads, warm=False)
         rss = {"bus": rss_mb(app.processes["bus"].pid), "web": rss_mb(app.processes["web"].pid),
                "worker": rss_mb(app.worker_pid())}
-    return {"entries": entries, "page_load_ms": summary(loads, 1000), "page_bytes": size, "rss_mb": rss}
+    return {"entries": entries, **pages, "rss_mb": rss}
 
 
 # the floor: figure 9

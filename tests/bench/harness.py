@@ -85,6 +85,22 @@ def summary(values: list[float], scale: float = 1.0) -> dict:
             "p99": percentile(ordered, 99), "max": ordered[-1], "mean": sum(ordered) / len(ordered)}
 
 
+def page_loads(url: str, loads: int, warm: bool, timeout_s: float = HTTP_TIMEOUT_S) -> dict:
+    """`GET /` `loads` times: its time and the page's size. `warm`: one request first, which pays for imports and
+    caches and is not counted."""
+    times, size = [], 0
+    with httpx.Client(base_url=url, timeout=timeout_s, trust_env=False) as client:
+        if warm:
+            client.get("/").raise_for_status()
+        for _ in range(loads):
+            started = time.perf_counter()
+            response = client.get("/")
+            times.append(time.perf_counter() - started)
+            response.raise_for_status()
+            size = len(response.content)
+    return {"page_load_ms": summary(times, 1000), "page_bytes": size}
+
+
 def rate(times: list[float]) -> float | None:
     """Events per second over the span from the first to the last."""
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None

@@ -147,12 +147,12 @@ const todoId = (row) => row.id.slice("todo-".length);
 // row that comes back is the current one).
 function startEdit(row) {
   document.querySelectorAll("#todo-list .todo.editing").forEach((other) => { if (other !== row) saveEdit(other); });
-  htmx.ajax("GET", `/todos/${todoId(row)}/edit`, { target: row, swap: "outerHTML" });
+  htmx.ajax("GET", `/todos/${todoId(row)}/edit`, { source: row, target: row, swap: "outerHTML" });
 }
 
 function cancelEdit(row) {
   row.dataset.closing = "1";
-  htmx.ajax("GET", `/todos/${todoId(row)}`, { target: row, swap: "outerHTML" });
+  htmx.ajax("GET", `/todos/${todoId(row)}`, { source: row, target: row, swap: "outerHTML" });
 }
 
 function saveEdit(row) {
