@@ -3,13 +3,13 @@ after each action, double-click, save on blur, Cancel, one editor at a time, a r
 editor, and a new todo brought into view."""
 from __future__ import annotations
 
-import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.system import HTMX, running
+from tests.system import running
 from tests.test_browser import browser  # noqa: F401 (the fixture)
-from tests.test_todo_paging_ui import SYNCED, synced
+from tests.test_system import post
+from tests.test_todo_paging_ui import open_page  # noqa: F401 (the fixture: a tab, once resynced, CSP-checked)
 
 
 @pytest.fixture
@@ -20,23 +20,13 @@ def web(tmp_path):
 
 
 @pytest.fixture
-def tab(web, browser):  # noqa: F811
-    context = browser.new_context()
-    context.add_init_script(SYNCED)
-    yield lambda: synced(_open(context, web.url))
-    context.close()
-
-
-def _open(context, url):
-    page = context.new_page()
-    page.goto(url)
-    return page
+def tab(web, open_page):  # noqa: F811
+    return lambda: open_page(web.url)
 
 
 def add(web, *titles: str) -> None:
-    with httpx.Client(base_url=web.url, headers=HTMX, timeout=5) as client:
-        for title in titles:
-            client.post("/todos", data={"title": title}).raise_for_status()
+    for title in titles:
+        post(web, "/todos", title=title).raise_for_status()
 
 
 def row(page, title: str):
