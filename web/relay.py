@@ -45,8 +45,7 @@ class Relay:
         self.streaming: dict[str, Reply] = {}
         self.last_answering = ""  # worker_id of the last holder to start a reply
         self.lost = ""  # why the last claim lapsed: the status says so even if it showed an Ollama problem
-        self._status_after_token = False  # a reply started: its status goes out after its first token
-        self._status_held_at = 0.0
+        self._status_held_since: float | None = None  # a reply started: its status waits for its first token
         self.unheard = DropLog("message from a worker without the claim")
         self._handlers = {
             protocol.LLM_START: self._start,
@@ -98,7 +97,7 @@ class Relay:
             # The status is sent after the first token, not before it: each frame ahead of that token is time the
             # person waits for it (the tab handles frames one at a time). A model slow to start still shows
             # "thinking" within STATUS_HOLD_S.
-            self._status_after_token, self._status_held_at = True, time.monotonic()
+            self._status_held_since = time.monotonic()
 
     def _streaming_reply(self, reply_id: str, token: int) -> Reply:
         """The reply being streamed, shown in every tab; created on its first token if its start was lost (the bus
@@ -118,8 +117,7 @@ class Relay:
         reply = self._streaming_reply(reply_id_of(data), data["token"])
         reply.parts.append(text)
         self.clients.broadcast_html(token_frame(reply.reply_id, text))
-        if self._status_after_token:
-            self._status_after_token = False
+        if self._status_held_since is not None:
             self._refresh_status()
 
     def _done(self, data: dict) -> None:
@@ -176,17 +174,18 @@ class Relay:
         self.workers[worker_id] = WorkerStatus(
             state=str(data["state"]), reason=str(data.get("reason", "")), model=str(data.get("model", "")),
             ollama_url=str(data.get("ollama_url", "")), worker_id=worker_id)
-        if not self._status_after_token:  # (the answering worker's "thinking" waits for its first token)
+        if self._status_held_since is None:  # (the answering worker's "thinking" waits for its first token)
             self._refresh_status()
 
     def check_workers(self) -> None:
         """Lapse the claim of a holder that stopped beating, and forget workers that did."""
         self.claims.check_lease()
-        if not self._status_after_token or time.monotonic() - self._status_held_at > STATUS_HOLD_S:
+        held = self._status_held_since
+        if held is None or time.monotonic() - held > STATUS_HOLD_S:
             self._refresh_status()
 
     def _refresh_status(self) -> None:
-        self._status_after_token = False
+        self._status_held_since = None
         live = self.claims.live_workers()
         for worker_id in [w for w in self.workers if w not in live]:
             del self.workers[worker_id]
