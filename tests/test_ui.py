@@ -162,6 +162,7 @@ def test_enter_during_an_input_method_composition_does_not_send(system, page):
     page.keyboard.press("End")
     message.press("Enter")
     expect(page.get_by_role("log").locator(".msg.user p")).to_have_text("にほんご")
+    expect(page.get_by_role("log").locator(".msg.user")).to_have_count(1)  # the composing Enter sent nothing
 
 
 def test_send_turns_into_stop_while_a_reply_streams(fake_ollama, page):
