@@ -2,7 +2,9 @@
 DATA_DIR, plus watchers that record what the bus and a browser's WebSocket see and let a test await it."""
 from __future__ import annotations
 
+import html
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from websockets.sync.client import connect as ws_connect
 from services import config, curve, protocol
 from services.protocol import Message, ProtocolError
 from tests.fake_ollama import free_port
+from web.components import TOKEN_FRAME
 
 ROOT = Path(__file__).resolve().parent.parent
 HTMX = {"HX-Request": "true"}  # the header htmx sends: the web answers such requests with fragments
@@ -239,6 +242,34 @@ class BusWatcher:
         self._thread.join(timeout=2)
         self._socket.close(linger=0)
         self._context.term()
+
+
+STREAMING_BODY = re.compile(r'<div id="rb-([A-Za-z0-9_-]+)" class="body streaming">([^<]*)</div>')  # AssistantReply
+
+
+class TokenReader:
+    """Reads a tab's frames for reply text as the page's script does (web/static/app.js): a reply's bubble arrives
+    with its first token(s), a resync shows the reply streaming now, and each token frame appends to the last of
+    those. `read(frame)` gives the (reply_id, text) pairs that frame adds."""
+
+    def __init__(self) -> None:
+        self.streaming: str | None = None
+
+    def read(self, frame: str) -> list[tuple[str, str]]:
+        if frame.startswith(TOKEN_FRAME):
+            return [(self.streaming, frame[len(TOKEN_FRAME):])] if self.streaming else []
+        added = []
+        for reply_id, text in STREAMING_BODY.findall(frame):
+            self.streaming = reply_id
+            if text and "beforeend:#chat-log" in frame:  # a bubble: new text (a resync shows text already seen)
+                added.append((reply_id, html.unescape(text)))
+        return added
+
+
+def reply_tokens(frames: list[str], reply_id: str) -> list[str]:
+    """The texts a tab received for one streaming reply, one per token (its bubble carries the first)."""
+    reader = TokenReader()
+    return [text for frame in frames for rid, text in reader.read(frame) if rid == reply_id]
 
 
 class Tab:

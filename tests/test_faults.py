@@ -16,9 +16,8 @@ import pytest
 import zmq
 
 from services import protocol
-from tests.system import System, Tab, running
+from tests.system import System, Tab, reply_tokens, running
 from tests.test_system import post
-from web.components import body_id
 
 
 def saved_replies(app: System) -> list[dict]:
@@ -159,9 +158,10 @@ def flood_a_stuck_tab(system, fake_ollama):
                 client.post("/chat", data={"text": f"flood {i}"})
         last = system.bus.wait_for("journal.chat.sent", text="flood 79")
         done = system.bus.wait_for("llm.done", timeout_s=60, covers_seq=last.seq)
-        marker = f'beforeend:#{body_id(done.data["reply_id"])}"'
-        healthy.frames.wait_until(lambda frames: sum(marker in f for f in frames) == 100, 30,
-                                  "every token of the last reply at the healthy tab")
+        reply_id = done.data["reply_id"]
+        healthy.frames.wait_for(lambda f: f'id="reply-{reply_id}"' in f and 'hx-swap-oob="true"' in f, 30,
+                                "the last reply, finished, at the healthy tab")
+        assert len(reply_tokens(healthy.frames.items, reply_id)) == 100  # every token, before it
         assert "fell 2000 frames behind; disconnecting" in system.processes["web"].log()
     finally:
         stuck.close()

@@ -50,6 +50,20 @@ def test_nothing_a_person_or_the_model_writes_becomes_markup(system, fake_ollama
     assert page.locator("a[href^='javascript']").count() == 0
 
 
+def test_markup_in_a_streaming_reply_is_shown_as_text(fake_ollama, page):
+    # Token frames skip htmx: the page's script appends their text. It must stay text while the reply streams
+    # (the finished reply is rendered from Markdown on the server and checked above).
+    fake_ollama.knobs.reply = lambda request: ["Look:", *XSS_REPLY, " Done."]
+    fake_ollama.knobs.hold_after_tokens = 1 + len(XSS_REPLY)  # held before " Done.": the reply still streams
+    page.get_by_label("Message").fill("show me markup")
+    page.get_by_role("button", name="Send").click()
+    streaming = page.locator("#chat-log .body.streaming")
+    expect(streaming).to_have_text("Look:" + "".join(XSS_REPLY), timeout=10_000)
+    assert page.locator("#chat-log img, #chat-log a").count() == 0
+    fake_ollama.release()
+    expect(streaming).to_have_count(0, timeout=10_000)
+
+
 def test_enter_sends_shift_enter_adds_a_line_and_the_input_clears_and_keeps_focus(fake_ollama, page):
     message = page.get_by_label("Message")
     message.click()

@@ -158,7 +158,8 @@ def create_app(settings: Settings) -> FastHTML:
         if head not in recent_chat:
             recent_chat.clear()
             recent_chat[head] = Safe(to_xml(tuple(chat_history())))
-        return ChatLog([recent_chat[head]], list(relay.streaming.values()))
+        # A reply whose bubble is not out yet is left out too: it arrives with its first token (web/relay.py).
+        return ChatLog([recent_chat[head]], [reply for reply in relay.streaming.values() if reply.shown])
 
     @app.get("/chat/history")
     async def earlier_chat(before: str):  # parsed here: FastHTML's int cast answers 404 to "abc" and reads "" as 0

@@ -45,7 +45,7 @@ class Relay:
         self.streaming: dict[str, Reply] = {}
         self.last_answering = ""  # worker_id of the last holder to start a reply
         self.lost = ""  # why the last claim lapsed: the status says so even if it showed an Ollama problem
-        self._status_held_since: float | None = None  # a reply started: its status waits for its first token
+        self._held_since: float | None = None  # a reply started: its bubble and status wait for its first token
         self.unheard = DropLog("message from a worker without the claim")
         self._handlers = {
             protocol.LLM_START: self._start,
@@ -89,24 +89,33 @@ class Relay:
             # The holder started again under the same claim (it asked again after a failure): the earlier start
             # will never finish.
             self._interrupt(data["token"], keep=reply_id)
-            self._streaming_reply(reply_id, data["token"])
+            self._streaming_reply(reply_id, data["token"])  # its bubble goes out with its first token
             self.last_answering = data["worker_id"]
             worker = self.workers.get(data["worker_id"])
             if worker is not None:  # what its own status will say next: then that one changes nothing to send
                 worker.state, worker.reason = "thinking", ""
-            # The status is sent after the first token, not before it: each frame ahead of that token is time the
-            # person waits for it (the tab handles frames one at a time). A model slow to start still shows
-            # "thinking" within STATUS_HOLD_S.
-            self._status_held_since = time.monotonic()
+            # The bubble and the status are sent with the first token, not before it: each frame ahead of that
+            # token is time the person waits for it (the tab handles frames one at a time). A model slow to start
+            # still shows its bubble ("typing…") and "thinking" within STATUS_HOLD_S.
+            self._held_since = time.monotonic()
 
     def _streaming_reply(self, reply_id: str, token: int) -> Reply:
-        """The reply being streamed, shown in every tab; created on its first token if its start was lost (the bus
-        or this process restarted mid-reply)."""
+        """The reply being streamed; created on its first token if its start was lost (the bus or this process
+        restarted mid-reply). Only the holder of the current claim streams, and a new claim ends the last one's
+        reply, so there is one at a time: token frames need not say which reply they belong to."""
         reply = self.streaming.get(reply_id)
         if reply is None:
+            # A new claim ends the last one's reply (see _claim_ended); should one still stream, it ends here, or
+            # its bubble would take this reply's tokens.
+            for other in [r for r in self.streaming.values() if r.token != token]:
+                self._interrupt(other.token)
             reply = self.streaming[reply_id] = Reply(reply_id=reply_id, text="", token=token)
-            self.clients.broadcast(oob(AssistantReply(reply), target="chat-log"))
         return reply
+
+    def _show(self, reply: Reply) -> None:
+        """Every tab gets the reply's bubble, with what it has said so far."""
+        reply.shown = True
+        self.clients.broadcast(oob(AssistantReply(reply), target="chat-log"))
 
     def _token(self, data: dict) -> None:
         if not self._heard(data):
@@ -116,9 +125,12 @@ class Relay:
             raise TypeError("token text is not a string")
         reply = self._streaming_reply(reply_id_of(data), data["token"])
         reply.parts.append(text)
-        self.clients.broadcast_html(token_frame(reply.reply_id, text))
-        if self._status_held_since is not None:
-            self._refresh_status()
+        if reply.shown:
+            self.clients.broadcast_html(token_frame(text))
+        else:
+            self._show(reply)  # the bubble carries its first token: one frame, not two
+        if self._held_since is not None:
+            self._end_hold()
 
     def _done(self, data: dict) -> None:
         reply_id = reply_id_of(data)
@@ -140,8 +152,8 @@ class Relay:
         self.claims.completed(claim.token, claim.covers_seq)
         self.lost = ""
         # Replace the streaming bubble in place; a reply no tab saw streaming is appended instead.
-        was_streaming = self.streaming.pop(reply_id, None) is not None
-        self.clients.broadcast(oob(AssistantReply(reply)) if was_streaming
+        streamed = self.streaming.pop(reply_id, None)
+        self.clients.broadcast(oob(AssistantReply(reply)) if streamed is not None and streamed.shown
                                else oob(AssistantReply(reply), target="chat-log"))
         self._refresh_status()
 
@@ -174,18 +186,27 @@ class Relay:
         self.workers[worker_id] = WorkerStatus(
             state=str(data["state"]), reason=str(data.get("reason", "")), model=str(data.get("model", "")),
             ollama_url=str(data.get("ollama_url", "")), worker_id=worker_id)
-        if self._status_held_since is None:  # (the answering worker's "thinking" waits for its first token)
+        if self._held_since is None:  # (the answering worker's "thinking" waits for its first token)
             self._refresh_status()
 
     def check_workers(self) -> None:
         """Lapse the claim of a holder that stopped beating, and forget workers that did."""
         self.claims.check_lease()
-        held = self._status_held_since
-        if held is None or time.monotonic() - held > STATUS_HOLD_S:
+        held = self._held_since
+        if held is None:
             self._refresh_status()
+        elif time.monotonic() - held > STATUS_HOLD_S:
+            self._end_hold()
+
+    def _end_hold(self) -> None:
+        """A started reply's first token came, or STATUS_HOLD_S passed without it: out with its bubble and status."""
+        for reply in self.streaming.values():
+            if not reply.shown:
+                self._show(reply)
+        self._refresh_status()
 
     def _refresh_status(self) -> None:
-        self._status_held_since = None
+        self._held_since = None
         live = self.claims.live_workers()
         for worker_id in [w for w in self.workers if w not in live]:
             del self.workers[worker_id]
@@ -210,10 +231,10 @@ class Relay:
         for reply in [r for r in self.streaming.values() if r.token == token and r.reply_id != keep]:
             self.streaming.pop(reply.reply_id, None)
             reply.text, reply.done_reason = "".join(reply.parts), "interrupted"
-            if reply.text:
+            if reply.text:  # (then it was shown: its first token showed it)
                 self.clients.broadcast(oob(AssistantReply(reply)))
                 self._note(kind="interrupted", text=reply.text, reply_id=reply.reply_id)
-            else:  # nothing was said: remove the empty bubble rather than keep a husk
+            elif reply.shown:  # nothing was said: remove the empty bubble rather than keep a husk
                 self.clients.broadcast(Div(id=f"reply-{reply.reply_id}", hx_swap_oob="delete"))
 
 

@@ -28,7 +28,7 @@ from tests.bench.harness import (
 )
 from tests.system import System
 from tests.bench.tabs import (
-    WAIT_S, CountingConnection, Listener, close_listeners, delivery, frame_bytes, is_final, tokens_in,
+    WAIT_S, CountingConnection, Listener, close_listeners, delivery, frame_bytes, is_final,
 )
 
 SIZES = (100, 1_000, 10_000, 50_000)
@@ -138,10 +138,10 @@ async def relay_while_reconnecting(session: Session, tabs: int, timeout_s: float
         session.fake.set(STREAM_TOKENS, STREAM_TOKENS_PER_S)
         session.fake.take_sent()
         await session.post_todo("stream while tabs reconnect")
-        first = await listener.wait_for(lambda frame: tokens_in(frame.text), timeout_s)
+        first = await listener.wait_for(lambda frame: frame.tokens, timeout_s)
         if first is None:
             raise TimeoutError("the reply did not start")
-        reply_id = tokens_in(first.text)[0][0]
+        reply_id = first.tokens[0][0]
         cpu_before = session.cpu_s()
         go.set()
         await listener.wait_for(is_final(reply_id), timeout_s)  # None if it never finished (a stalled web)

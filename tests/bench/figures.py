@@ -12,6 +12,7 @@ from pathlib import Path
 import zmq
 
 from services import config, protocol
+from web.components import TOKEN_FRAME
 from store import Store
 
 from tests.system import Process, System
@@ -21,7 +22,7 @@ from tests.bench.harness import (
 )
 from tests.bench.tabs import (
     WAIT_S, Frame, Listener, by_reply, close_listeners, counts, delivery, frame_bytes, index_of, is_bubble, is_final,
-    reply_number, tokens_in,
+    reply_number,
 )
 
 
@@ -35,7 +36,7 @@ async def relay_overhead(session: Session, config: Config) -> dict:
         tap.close()
         await close_listeners([listener])
     got = delivery(listener, streamed.reply_id, streamed.sent)
-    tab = {token: frame.at for frame in listener.frames for _, token in tokens_in(frame.text)}
+    tab = {token: frame.at for frame in listener.frames for _, token in frame.tokens}
     relay = {"tokens_per_s": config.relay_tokens_per_s, "overhead_ms": summary(got.overheads_s, 1000),
              **tap.segments(streamed.sent, tab), **counts([got])}
     return {"relay": relay, "bytes": wire_figures(listener, streamed)}
@@ -47,10 +48,10 @@ def wire_figures(listener: Listener, streamed: Streamed) -> dict:
     frames = listener.frames
     first = index_of(frames, is_bubble(streamed.reply_id), "the reply's new bubble")
     last = index_of(frames, is_final(streamed.reply_id), "the finished reply")
-    token_frames = [frame for frame in frames[first:last] if tokens_in(frame.text)]
+    token_frames = [frame for frame in frames[first:last] if frame.text.startswith(TOKEN_FRAME)]
     overheads = []
     for frame in token_frames:
-        tokens = [token for _, token in tokens_in(frame.text)]
+        tokens = [token for _, token in frame.tokens]
         overheads += [(frame_bytes(frame.text) - len("".join(tokens).encode())) / len(tokens)] * len(tokens)
     text_bytes = len("".join(streamed.sent).encode())
     wire_before = frames[first - 1].wire_bytes if first else 0
@@ -173,7 +174,7 @@ async def post_while_streaming(session: Session, config: Config) -> dict:
 
         def streaming_tokens(frame: Frame) -> list[tuple[str, str]]:
             # The first reply started after the knobs were set; a baseline comment may still be finishing.
-            return [(reply_id, token) for reply_id, token in tokens_in(frame.text) if reply_number(token) > earlier]
+            return [(reply_id, token) for reply_id, token in frame.tokens if reply_number(token) > earlier]
 
         await session.post_todo("streaming")
         first = await listeners[0].wait_for(streaming_tokens, WAIT_S)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import html
 import re
 import time
 from collections.abc import Callable
@@ -12,6 +11,8 @@ from itertools import pairwise
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
+
+from tests.system import TokenReader
 
 WAIT_S = 15  # for anything that is not a stream of known length
 
@@ -32,6 +33,7 @@ class Frame:
     at: float  # time.time() when the client received it
     text: str
     wire_bytes: int  # bytes read off the socket so far
+    tokens: list[tuple[str, str]]  # (reply_id, numbered token) for every token it adds to a reply
 
 
 class Listener:
@@ -42,6 +44,7 @@ class Listener:
         self.frames: list[Frame] = []
         self.closed = False
         self._arrived = asyncio.Event()
+        self._replies = TokenReader()
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -53,7 +56,8 @@ class Listener:
     async def _read(self) -> None:
         try:
             async for text in self.ws:
-                self.frames.append(Frame(time.time(), text, self.ws.wire_bytes))
+                at = time.time()
+                self.frames.append(Frame(at, text, self.ws.wire_bytes, numbered_tokens(self._replies.read(text))))
                 self._arrived.set()
         except WebSocketException:
             pass
@@ -94,7 +98,6 @@ async def close_listeners(listeners: list[Listener]) -> None:
 
 # what a frame carries
 
-TOKEN_SPAN = re.compile(r'<span hx-swap-oob="beforeend:#rb-([^"]+)">(.*?)</span>', re.DOTALL)  # components.token_frame
 NUMBERED_TOKEN = re.compile(r"r(\d+)t\d+ ")
 
 
@@ -102,10 +105,9 @@ def reply_number(token: str) -> int:
     return int(NUMBERED_TOKEN.match(token).group(1))
 
 
-def tokens_in(text: str) -> list[tuple[str, str]]:
-    """(reply_id, token) for every numbered token appended by a frame."""
-    return [(reply_id, match.group(0)) for reply_id, body in TOKEN_SPAN.findall(text)
-            for match in NUMBERED_TOKEN.finditer(html.unescape(body))]
+def numbered_tokens(texts: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(reply_id, token) for every numbered token in what a frame added to replies."""
+    return [(reply_id, match.group(0)) for reply_id, text in texts for match in NUMBERED_TOKEN.finditer(text)]
 
 
 def is_final(reply_id: str) -> Callable[[Frame], bool]:
@@ -162,7 +164,7 @@ class Delivery:
 
 
 def delivery(listener: Listener, reply_id: str, sent: dict[str, float]) -> Delivery:
-    got = [(frame.at, token) for frame in listener.frames for rid, token in tokens_in(frame.text) if rid == reply_id]
+    got = [(frame.at, token) for frame in listener.frames for rid, token in frame.tokens if rid == reply_id]
     position = {token: index for index, token in enumerate(sent)}
     positions = [position[token] for _, token in got if token in position]
     unique = {token for _, token in got}

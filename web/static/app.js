@@ -31,11 +31,27 @@ document.addEventListener("scroll", (event) => {
   if (followChat) jumpButton().hidden = true;
 }, true);
 
-document.addEventListener("htmx:wsAfterMessage", () => {
+function followLog() {
   const log = chatLog();
   if (!log) return;
   if (followChat) log.scrollTop = log.scrollHeight;
   else if (!atBottom(log)) jumpButton().hidden = false;
+}
+
+document.addEventListener("htmx:wsAfterMessage", followLog);
+
+// A token frame is the marker and the bare text of the reply streaming now (one streams at a time; see
+// web/relay.py). It never reaches htmx: the text is appended as a text node, never parsed as HTML. Every other
+// frame is HTML, for htmx.
+const TOKEN_FRAME = "\u0002";  // components.TOKEN_FRAME
+document.addEventListener("htmx:wsBeforeMessage", (event) => {
+  const message = event.detail.message;
+  if (typeof message !== "string" || !message.startsWith(TOKEN_FRAME)) return;
+  event.preventDefault();
+  const bodies = document.querySelectorAll("#chat-log .body.streaming");
+  const body = bodies[bodies.length - 1];
+  if (body) body.append(message.slice(TOKEN_FRAME.length));
+  followLog();
 });
 
 document.addEventListener("click", (event) => {
