@@ -157,7 +157,7 @@ def create_app(settings: Settings) -> FastHTML:
         head = store.last_seq()
         if head not in recent_chat:
             recent_chat.clear()
-            recent_chat[head] = Safe(to_xml(tuple(chat_history())))
+            recent_chat[head] = Safe(to_xml(tuple(chat_history()), indent=False))
         # A reply whose bubble is not out yet is left out too: it arrives with its first token (web/relay.py).
         return ChatLog([recent_chat[head]], [reply for reply in relay.streaming.values() if reply.shown])
 
@@ -211,7 +211,7 @@ def create_app(settings: Settings) -> FastHTML:
         head, status = store.last_seq(), relay.status
         cached = last_resync.get(filter)
         if relay.streaming or cached is None or cached[:3] != (head, lists.version, status):
-            markup = to_xml((lists.resync(filter), oob(chat_log()), oob(Status(status))))
+            markup = to_xml((lists.resync(filter), oob(chat_log()), oob(Status(status))), indent=False)
             last_resync[filter] = cached = (head, lists.version, status, markup)
         return cached[3]
 

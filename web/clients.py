@@ -35,13 +35,15 @@ class Clients:
             writer.cancel()
 
     def send(self, ws: WebSocket, *components) -> None:
-        self._enqueue(ws, to_xml(components))
+        self._enqueue(ws, to_xml(components, indent=False))
 
     def send_html(self, ws: WebSocket, html: str) -> None:
         self._enqueue(ws, html)
 
     def broadcast(self, *components) -> None:
-        self.broadcast_html(to_xml(components))  # rendered once for every tab
+        # Rendered once for every tab, without the indentation that is only for people reading the source: on the
+        # wire it was a tenth of every frame.
+        self.broadcast_html(to_xml(components, indent=False))
 
     def broadcast_html(self, html: str) -> None:
         for ws in list(self._queues):

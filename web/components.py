@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import re
 from dataclasses import dataclass, field
 
@@ -231,9 +230,9 @@ def AssistantReply(reply: Reply):
     if reply.done_reason and reply.done_reason != "interrupted":
         actions = Div(
             Button("Copy", type="button", cls="copy-reply", aria_label="Copy reply"),
-            # Shown on the newest reply only (app.css); the journal says whether it still is (app.py).
-            Button("Regenerate", type="button", cls="regenerate", hx_post="/chat/retry", hx_swap="none",
-                   hx_vals=json.dumps({"reply_id": reply.reply_id})),
+            # Shown on the newest reply only (app.css); the journal says whether it still is (app.py). app.js sends
+            # it, with the id of the reply it is in: every reply carried the same htmx attributes.
+            Button("Regenerate", type="button", cls="regenerate"),
             cls="reply-actions",
         )
     return Div(Speaker("Assistant"), body, typing, P(note, cls="note") if note else None, actions,
@@ -281,20 +280,37 @@ def _history_item(entry: Message):
     return AssistantReply(Reply(data["reply_id"], data["text"], data.get("done_reason") or "stop"))
 
 
-def Status(status: WorkerStatus):
+def status_parts(status: WorkerStatus) -> list:
+    """The status line's parts, each with an id of its own, so that a change can send only what it changed."""
     label = {"thinking": "thinking…", "loading": "loading model…"}.get(status.state, status.state)
-    details = [Span(f"Assistant: {label}", cls=f"state {status.state}")]
+    parts = [Span(f"Assistant: {label}", id="llm-state", cls=f"state {status.state}")]
     if status.model:
         where = f" at {status.ollama_url}" if status.ollama_url else ""
-        details.append(Span(f"model {status.model}{where}", cls="model"))
+        parts.append(Span(f"model {status.model}{where}", id="llm-model", cls="model"))
     if status.workers:
-        answering = f", worker {status.worker_id} answering" if status.worker_id else ""
-        details.append(Span(f"{status.ready} of {status.workers} workers ready{answering}", cls="workers"))
+        # Which one answers is news only when there are several (and one worker's status then stays the same).
+        answering = f", worker {status.worker_id} answering" if status.worker_id and status.workers > 1 else ""
+        parts.append(Span(f"{status.ready} of {status.workers} workers ready{answering}", id="llm-workers",
+                          cls="workers"))
     if status.state == "offline" and status.reason:
-        details.append(Span(status.reason, cls="reason"))
+        parts.append(Span(status.reason, id="llm-reason", cls="reason"))
     if status.notice:
-        details.append(Span(status.notice, cls="reason"))
-    return Div(*details, id="llm-status", role="status")
+        parts.append(Span(status.notice, id="llm-notice", cls="reason"))
+    return parts
+
+
+def Status(status: WorkerStatus):
+    return Div(*status_parts(status), id="llm-status", role="status")
+
+
+def StatusChange(before: WorkerStatus, after: WorkerStatus) -> tuple:
+    """What a tab showing `before` needs to show `after`: only the parts that differ, each swapped in by its id
+    (a reply's start and end change one or two of them; the whole line was ~240 bytes), or the whole line when
+    parts come or go."""
+    old, new = status_parts(before), status_parts(after)
+    if [part.id for part in old] != [part.id for part in new]:
+        return (oob(Status(after)),)
+    return tuple(oob(part) for part, was in zip(new, old) if part != was)
 
 
 def Page(filter: str, todos: tuple, chat_log, status: WorkerStatus):

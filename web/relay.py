@@ -15,7 +15,7 @@ from services.protocol import Message
 from services.text import MAX_REPLY_CHARS
 from web.claims import Claim, Claims
 from web.clients import Clients
-from web.components import AssistantReply, ErrorNote, Reply, Status, WorkerStatus, oob, token_frame
+from web.components import AssistantReply, ErrorNote, Reply, StatusChange, WorkerStatus, oob, token_frame
 from web.journal import Journal
 
 REPLY_ID = protocol.WORD
@@ -214,8 +214,8 @@ class Relay:
 
     def _set_status(self, status: WorkerStatus) -> None:
         if status != self.status:
+            self.clients.broadcast(*StatusChange(self.status, status))
             self.status = status
-            self.clients.broadcast(oob(Status(status)))
 
     def _claim_ended(self, claim: Claim, reason: str) -> None:
         """A reply that will never finish is shown as interrupted, not left dangling; it is not saved, so another

@@ -71,7 +71,7 @@ class TodoLists:
         version, markup = self._resyncs.get(filter, (None, ""))
         if version != self.version:
             todo_list, footer = self.view(filter)
-            markup = to_xml((oob(todo_list, swap="innerHTML"), oob(footer)))
+            markup = to_xml((oob(todo_list, swap="innerHTML"), oob(footer)), indent=False)
             self._resyncs[filter] = (self.version, markup)
         return Safe(markup)
 

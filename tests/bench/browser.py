@@ -10,7 +10,9 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from services import protocol
-from tests.bench.harness import FakeOllamaProcess, StampedTap, bench_system, exit_on_sigterm, summary
+from web.components import TOKEN_FRAME
+from tests.bench.harness import PROSE_TOKENS, FakeOllamaProcess, StampedTap, bench_system, exit_on_sigterm, summary
+from tests.bench.tabs import frame_bytes
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 WAIT_MS = 15_000
@@ -50,7 +52,10 @@ def first_visible_token(tmp_path: Path, fake: FakeOllamaProcess, rounds: int) ->
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 try:
-                    samples = run_rounds(browser.new_page(), app, fake, tap, first_reply, rounds)
+                    page = browser.new_page()
+                    frames = record_frames(page)
+                    samples = run_rounds(page, app, fake, tap, first_reply, rounds)
+                    received = whole_reply(page, app, fake, frames, rounds + 1)
                 finally:
                     browser.close()
         finally:
@@ -58,7 +63,49 @@ def first_visible_token(tmp_path: Path, fake: FakeOllamaProcess, rounds: int) ->
     overheads = [s["total"] - s["model"] for s in samples]
     return {"rounds": len(samples), "overhead_ms": summary(overheads, 1000),
             "model_first_token_ms": summary([s["model"] for s in samples], 1000),
-            "hops_ms": {hop: summary([s["hops"][i] for s in samples], 1000) for i, hop in enumerate(HOPS)}}
+            "hops_ms": {hop: summary([s["hops"][i] for s in samples], 1000) for i, hop in enumerate(HOPS)},
+            "whole_reply": received}
+
+
+def record_frames(page) -> list[str]:
+    """Every WebSocket frame the page receives, as chromium's DevTools protocol reports it."""
+    frames: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(payload)))
+    return frames
+
+
+def whole_reply(page, app, fake: FakeOllamaProcess, frames: list[str], number: int) -> dict:
+    """Issue 16: everything the tab receives from the click on Send to the status saying "ready" again, for a
+    reply of 40 word-sized tokens (PROSE), in WebSocket frame bytes (payload + header, uncompressed): by kind."""
+    fake.set(tokens=0, prose=True)
+    # The last round's frames are all in (a Playwright call delivers the events that came before it).
+    page.locator("#chat-log .body.streaming").wait_for(state="detached", timeout=WAIT_MS)
+    page.get_by_role("status").filter(has_text="ready").wait_for(timeout=WAIT_MS)
+    before = len(frames)
+    page.get_by_label("Message").fill(f"question {number}")
+    page.get_by_role("button", name="Send").click()
+    wait_saved(app, f"question {number}")
+    page.locator(f"#chat-log .msg.assistant:not(:has(.streaming))").last.wait_for(timeout=WAIT_MS)
+    page.get_by_role("status").filter(has_text="ready").wait_for(timeout=WAIT_MS)
+    got = [frame if isinstance(frame, str) else frame.decode() for frame in frames[before:]]
+    kinds: dict[str, list[int]] = {}
+    for frame in got:
+        kinds.setdefault(frame_kind(frame), []).append(frame_bytes(frame))
+    text = "".join(PROSE_TOKENS)
+    return {"tokens": len(PROSE_TOKENS), "text_bytes": len(text.encode()),
+            "bytes": sum(map(sum, kinds.values())), "frames": len(got),
+            "by_kind": {kind: {"frames": len(sizes), "bytes": sum(sizes)} for kind, sizes in kinds.items()},
+            "examples": {frame_kind(frame): frame for frame in got}}
+
+
+def frame_kind(frame: str) -> str:
+    if frame.startswith(TOKEN_FRAME):
+        return "token"
+    for marker, kind in (('id="llm-', "status"), ('class="msg user"', "your message"),
+                         ('class="body streaming"', "reply bubble"), ('id="reply-', "finished reply")):
+        if marker in frame:
+            return kind
+    return "other"
 
 
 def run_rounds(page, app, fake: FakeOllamaProcess, tap: StampedTap, first_reply: int, rounds: int) -> list[dict]:

@@ -109,15 +109,25 @@ def rate(times: list[float]) -> float | None:
 # the fake Ollama, in a process of its own
 
 
+# A reply as a model writes it, for figures about what a reader receives: word-sized tokens (English averages about
+# four characters a token), 40 of them.
+PROSE = ("Noted. Another todo joins the pile, and I admire your optimism. You have twelve open items, three of "
+         "them older than my patience. Shall I pretend this one will be different, or do you want a plan? Fine. Your move.")
+PROSE_TOKENS = [word if index == 0 else " " + word for index, word in enumerate(PROSE.split(" "))]
+
+
 class NumberedReply:
-    """The fake's `reply` knob: `tokens` unique numbered tokens per reply, "r<reply>t<index> "."""
+    """The fake's `reply` knob: `tokens` unique numbered tokens per reply, "r<reply>t<index> " (or PROSE)."""
 
     def __init__(self) -> None:
         self.tokens = 3
+        self.prose = False
         self.replies = 0
 
     def __call__(self, request: dict) -> list[str]:
         self.replies += 1
+        if self.prose:
+            return PROSE_TOKENS
         return [f"r{self.replies}t{index:05d} " for index in range(self.tokens)]
 
 
@@ -134,6 +144,7 @@ def serve_fake(conn) -> None:
                 return
             if command == "knobs":
                 reply.tokens = argument.pop("tokens")
+                reply.prose = argument.pop("prose")
                 fake.knobs = replace(fake.knobs, **argument)  # a new object: a reply streaming keeps its own speed
                 conn.send(reply.replies)  # the next reply to start is the first with these knobs
             elif command == "take_sent":
@@ -170,9 +181,10 @@ class FakeOllamaProcess:
         self._conn.send((command, argument))
         return self._receive(timeout_s)
 
-    def set(self, tokens: int, tokens_per_s: float = 0.0, first_token_delay_s: float = 0.0) -> int:
-        """Knobs for the replies that start from now on; returns how many replies were started before."""
-        return self._ask("knobs", {"tokens": tokens, "tokens_per_s": tokens_per_s,
+    def set(self, tokens: int, tokens_per_s: float = 0.0, first_token_delay_s: float = 0.0, prose: bool = False) -> int:
+        """Knobs for the replies that start from now on (`prose`: PROSE rather than `tokens` numbered tokens);
+        returns how many replies were started before."""
+        return self._ask("knobs", {"tokens": tokens, "prose": prose, "tokens_per_s": tokens_per_s,
                                    "first_token_delay_s": first_token_delay_s})
 
     def take_sent(self) -> dict[str, float]:

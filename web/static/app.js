@@ -71,6 +71,9 @@ document.addEventListener("click", (event) => {
     button.hidden = true;
   } else if (button.classList.contains("copy")) {
     copy(button, button.parentElement.querySelector("code").textContent);
+  } else if (button.classList.contains("regenerate")) {
+    const reply = button.closest(".msg.assistant");
+    htmx.ajax("POST", "/chat/retry", { source: button, swap: "none", values: { reply_id: reply.id.slice("reply-".length) } });
   } else if (button.classList.contains("copy-reply")) {
     copy(button, button.closest(".msg").querySelector(".body").innerText);
   } else if (button.id === "show-todos" || button.id === "show-chat") {
