@@ -37,12 +37,13 @@ FIGURES = {
     "big_lists": [("sizes", "1000", "page_load_ms", "p99"), ("sizes", "1000", "page_bytes"),
                   ("sizes", "1000", "post_ms", "p99"), ("sizes", "1000", "resync_bytes"),
                   ("sizes", "1000", "relay_while_reconnecting", "overhead_ms", "p99"), ("bytes_per_todo", "open")],
+    "browser_first_token": [("overhead_ms", "p50"), ("whole_reply", "bytes"), ("whole_reply", "by_kind", "token", "bytes")],
     "prompt_cache": [(policy, "1000", "uncached_tokens", "mean") for policy in ("old", "new")]
     + [("fewer_uncached_x", "1000"), ("new", "1000", "prompts_over_budget_after_5")],
 }
 TABLE_LABELS = ("1 relay overhead", "2 action", "3 throughput", "4 fan-out", "5 todo POST", "6 bytes per token",
                 "7 kill -9", "8 page load", "9 ZeroMQ floor", "10 failover", "11 duplicates", "12 3 workers vs 1",
-                "13 prompt tokens", "14 big lists")
+                "13 prompt tokens", "14 big lists", "15 chromium")
 
 
 def figure(results: dict, name: str, path: tuple[str, ...]):
