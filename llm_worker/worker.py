@@ -21,6 +21,7 @@ from services.text import MAX_REPLY_CHARS
 from llm_worker.conversation import Applied, Conversation
 from llm_worker.link import JournalLink
 from llm_worker.ollama import OllamaClient, OllamaError
+from llm_worker.tokens import TokenBatch
 
 IDLE_RESYNC_S = 5.0  # with no journal traffic for this long, ask the web anyway: recovers anything PUB dropped
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 10.0  # backoff while Ollama is failing; a new action retries at once
@@ -216,22 +217,26 @@ class Worker:
             self._set_state("thinking")
             messages = self.conversation.prompt(covers_seq, self.num_ctx - self.settings.num_predict)
             length = 0
+            batch = TokenBatch(lambda text, index: self._publish(
+                protocol.LLM_TOKEN, reply_id=reply_id, token=token, index=index, text=text))
             stream = self.ollama.chat(self.model, messages, self.num_ctx)
-            async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
-                async for chunk in chunks:
-                    if chunk.content:  # thinking chunks are not the reply: they are not shown
-                        content = chunk.content[:MAX_REPLY_CHARS - length]
-                        self._publish(protocol.LLM_TOKEN, reply_id=reply_id, token=token, index=len(parts),
-                                      text=content)
-                        parts.append(content)
-                        length += len(content)
-                    if chunk.done:
-                        done_reason, stats = chunk.done_reason or "stop", chunk.stats
-                        if "prompt_eval_count" in stats:  # the prompt's exact size: sharpens the next budget
-                            self.conversation.calibrate(messages, int(stats["prompt_eval_count"]))
-                    elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
-                        done_reason, stats = "length", {}
-                        break
+            try:
+                async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
+                    async for chunk in chunks:
+                        if chunk.content:  # thinking chunks are not the reply: they are not shown
+                            content = chunk.content[:MAX_REPLY_CHARS - length]
+                            batch.add(content)
+                            parts.append(content)
+                            length += len(content)
+                        if chunk.done:
+                            done_reason, stats = chunk.done_reason or "stop", chunk.stats
+                            if "prompt_eval_count" in stats:  # the prompt's exact size: sharpens the next budget
+                                self.conversation.calibrate(messages, int(stats["prompt_eval_count"]))
+                        elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
+                            done_reason, stats = "length", {}
+                            break
+            finally:
+                batch.flush()  # what Ollama said goes out before whatever ends the reply
         except OllamaError as error:
             self._fail(reply_id, token, str(error))
             return
