@@ -1,0 +1,278 @@
+"""The access gate of a web that listens beyond loopback: a browser on another device needs a session cookie, got by
+opening the link with the token that the web logs at start, or by typing the token into the small page that every
+refused request gets. Connections from loopback pass: that is decided by the connection's peer address, which a
+client cannot forge, never by a header (Host, X-Forwarded-For). The cookie is signed with the token, so rotating the
+token (`python -m bin.token rotate`) ends every session, open WebSockets included."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from collections import OrderedDict
+from http.cookies import CookieError, SimpleCookie
+from ipaddress import IPv6Address, ip_address
+from pathlib import Path
+from typing import Callable
+from urllib.parse import parse_qsl, urlencode
+
+from fasthtml.common import H1, Body, Button, Form, Head, Html, Input, Label, Main, P, Title, to_xml
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services import access_token
+from services.config import ConfigError
+from web.components import PAGE_HEAD
+from web.ratelimit import TokenBucket
+
+SESSION_COOKIE = "session"
+SESSION_MAX_AGE_S = 30 * 24 * 3600  # a phone stays signed in for a month, or until the token is rotated
+LOGIN_PATH = "/login"
+# What the login page and a home-screen icon load. None of it reveals a todo or a message; browsers fetch the
+# manifest without cookies, so it must be public anyway.
+PUBLIC_PATHS = frozenset({"/static/app.css", "/static/favicon.svg", "/static/manifest.webmanifest",
+                          "/static/icon-192.png", "/static/icon-512.png", "/static/apple-touch-icon.png"})
+ATTEMPT_BURST = 5  # token attempts one address may make at once...
+ATTEMPTS_PER_S = 0.1  # ... and then one every 10 s
+ATTEMPT_ADDRESSES = 1024  # addresses remembered; the longest idle is forgotten first
+MAX_FORM_BYTES = 1024  # a token is 43 characters
+SESSION_CHECK_S = 1.0  # how soon an open WebSocket notices that its session ended
+POLICY_VIOLATION = 1008  # WebSocket close code: htmx's ws extension does not reconnect on it
+NO_STORE = {"Cache-Control": "no-store"}
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback_peer(scope: Scope) -> bool:
+    client = scope.get("client")
+    if not client:
+        return False  # a Unix socket or a server that does not say: not provably this machine
+    try:
+        address = ip_address(client[0])
+    except ValueError:
+        return False
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+class WatchedToken:
+    """The token file's content, re-read whenever the file changes: a rotation takes effect without a restart."""
+
+    def __init__(self, token_path: Path) -> None:
+        self.path = token_path
+        self._token: str | None = access_token.read_or_create(token_path)
+        self._stamp = self._stamp_now()
+        self.generation = 0  # one more each time the token changes: every session signed before has ended
+
+    def _stamp_now(self) -> tuple | None:
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return status.st_ino, status.st_mtime_ns, status.st_size
+
+    def current(self) -> str | None:
+        """None (nobody gets in) while the file is missing or broken; the log says how to fix it."""
+        stamp = self._stamp_now()
+        if stamp == self._stamp:
+            return self._token
+        self._stamp = stamp
+        try:
+            token = access_token.read(self.path)
+        except (OSError, ConfigError) as error:
+            token = None
+            log.error("no access token, so only loopback gets in (%s): run `python -m bin.token rotate`", error)
+        if token != self._token:
+            self._token = token
+            self.generation += 1
+            log.info("the access token changed: every earlier session has ended")
+        return self._token
+
+
+class Sessions:
+    """Cookies of the form `issued.nonce.mac`, the MAC keyed by the current token."""
+
+    def __init__(self, token: WatchedToken, clock: Callable[[], float] = time.time) -> None:
+        self.token = token
+        self.clock = clock
+
+    @staticmethod
+    def _mac(token: str, payload: str) -> str:
+        return hmac.new(token.encode(), payload.encode(), hashlib.sha256).hexdigest()
+
+    def new(self, token: str) -> str:
+        payload = f"{int(self.clock())}.{secrets.token_urlsafe(16)}"
+        return f"{payload}.{self._mac(token, payload)}"
+
+    def valid(self, cookie: str | None) -> bool:
+        token = self.token.current()
+        if token is None or not cookie or cookie.count(".") != 2:
+            return False
+        issued, nonce, mac = cookie.split(".")
+        if not issued.isdigit() or self.clock() - int(issued) > SESSION_MAX_AGE_S:
+            return False
+        return hmac.compare_digest(mac.encode(), self._mac(token, f"{issued}.{nonce}").encode())
+
+    def accepts(self, candidate: str) -> str | None:
+        """The token if `candidate` is it (compared in constant time), else None."""
+        token = self.token.current()
+        if token is not None and hmac.compare_digest(candidate.encode(), token.encode()):
+            return token
+        return None
+
+
+class Attempts:
+    """A token bucket per peer address for token attempts: guessing is slow, and one address flooding wrong tokens
+    does not lock out the phone."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def allow(self, address: str) -> bool:
+        bucket = self._buckets.pop(address, None) or TokenBucket(ATTEMPTS_PER_S, ATTEMPT_BURST, self.clock)
+        self._buckets[address] = bucket  # newest last
+        while len(self._buckets) > ATTEMPT_ADDRESSES:
+            self._buckets.popitem(last=False)
+        return bucket.take()
+
+
+def login_page(message: str = "", status_code: int = 401) -> HTMLResponse:
+    """The only thing a browser without a session sees: a form for the token, and no todo or chat content. A plain
+    form POST, so it works under the CSP with no script at all."""
+    form = Form(
+        Label("Access token", fr="token"),
+        Input(type="password", id="token", name="token", required=True, autocomplete="current-password",
+              autocapitalize="none", spellcheck="false"),
+        Button("Open", type="submit"),
+        *([P(message, role="alert", cls="error")] if message else []),
+        method="post", action=LOGIN_PATH, enctype="application/x-www-form-urlencoded",  # (FastHTML's default is
+        # multipart, which read_form_token does not parse)
+    )
+    page = Html(
+        Head(Title("Todo, with attitude: access token"), *PAGE_HEAD),
+        Body(Main(
+            H1("Todo, with attitude"),
+            P("This app needs its access token. Open the link the app printed when it started (it ends in "
+              "?token=…), or paste the token here."),
+            form, cls="login")),
+        lang="en")
+    headers = {**NO_STORE, "HX-Refresh": "true"}  # an htmx request whose session ended reloads into this page
+    if status_code == 429:
+        headers["Retry-After"] = str(round(1 / ATTEMPTS_PER_S))
+    return HTMLResponse(to_xml(page), status_code, headers=headers)
+
+
+def without_token(scope: Scope) -> str:
+    """The request's path and query string with the token taken out: where a link with the token redirects."""
+    query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1")) if k != "token"]
+    return scope["path"] + (f"?{urlencode(query)}" if query else "")
+
+
+def session_cookie(scope: Scope) -> str | None:
+    cookies = SimpleCookie()
+    try:
+        cookies.load(dict(scope["headers"]).get(b"cookie", b"").decode("latin-1"))
+    except CookieError:
+        return None
+    return cookies[SESSION_COOKIE].value if SESSION_COOKIE in cookies else None
+
+
+async def read_form_token(receive: Receive) -> str | None:
+    """The `token` field of a small urlencoded form body; None if there is none or the body is too big."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body += message.get("body", b"")
+        if len(body) > MAX_FORM_BYTES:
+            return None
+        if not message.get("more_body"):
+            break
+    fields = dict(parse_qsl(body.decode("utf-8", "replace"), max_num_fields=10))
+    return fields.get("token")
+
+
+class AccessGate:
+    def __init__(self, app: ASGIApp, token_path: Path) -> None:
+        self.app = app
+        self.sessions = Sessions(WatchedToken(token_path))
+        self.attempts = Attempts()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or is_loopback_peer(scope):
+            await self.app(scope, receive, send)
+            return
+        session = session_cookie(scope)
+        if self.sessions.valid(session):
+            if scope["type"] == "websocket":
+                await self._serve_websocket(session, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        method = scope.get("method")
+        if method in ("GET", "HEAD") and scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        response = await self._without_session(scope, receive)
+        # For a WebSocket this is an HTTP denial before the upgrade: not one frame is sent.
+        await response(scope, receive, send)
+
+    async def _without_session(self, scope: Scope, receive: Receive) -> Response:
+        method = scope.get("method")
+        if scope["type"] == "http" and method == "POST" and scope["path"] == LOGIN_PATH:
+            return self._attempt(scope, await read_form_token(receive), "/")
+        if scope["type"] == "http" and method == "GET" and b"token=" in scope.get("query_string", b""):
+            token = dict(parse_qsl(scope["query_string"].decode("latin-1"))).get("token")
+            return self._attempt(scope, token, without_token(scope))
+        return login_page()
+
+    def _attempt(self, scope: Scope, candidate: str | None, redirect_to: str) -> Response:
+        # Counted before the comparison, right or wrong: past the limit even the right token waits.
+        if not self.attempts.allow(scope["client"][0]):
+            log.warning("too many token attempts from %s", scope["client"][0])
+            return login_page("Too many attempts: wait a minute, then try again.", 429)
+        token = self.sessions.accepts(candidate or "")
+        if token is None:
+            log.info("a wrong access token from %s", scope["client"][0])
+            return login_page("That is not the access token.")
+        response = RedirectResponse(redirect_to, 303, headers=NO_STORE)
+        response.set_cookie(SESSION_COOKIE, self.sessions.new(token), max_age=SESSION_MAX_AGE_S, path="/",
+                            httponly=True, samesite="strict")
+        return response
+
+    async def _serve_websocket(self, session: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app's WebSocket, closed (1008) once its session ends: after a rotation not one more frame goes out."""
+        lock = asyncio.Lock()  # a close never lands in the middle of a frame being sent
+        ended = False
+        generation = self.sessions.token.generation
+
+        async def send_while_valid(message: Message) -> None:
+            # Compared per frame without a stat: as soon as any request has shown the web the new token, this
+            # tab gets nothing more, even before the check below closes it.
+            async with lock:
+                if not ended and self.sessions.token.generation == generation:
+                    await send(message)
+
+        async def end_when_invalid() -> None:
+            nonlocal ended
+            while self.sessions.valid(session):
+                await asyncio.sleep(SESSION_CHECK_S)
+            async with lock:
+                ended = True
+                try:
+                    await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": "session ended"})
+                except Exception as error:  # the tab had gone already
+                    log.info("closing a WebSocket whose session ended failed (%s)", error)
+
+        watcher = asyncio.create_task(end_when_invalid())
+        try:
+            await self.app(scope, receive, send_while_valid)
+        finally:
+            watcher.cancel()
+
