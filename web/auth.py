@@ -161,7 +161,8 @@ def login_page(message: str = "", status_code: int = 401) -> HTMLResponse:
               "?token=…), or paste the token here."),
             form, cls="login")),
         lang="en")
-    headers = {**NO_STORE, "HX-Refresh": "true"}  # an htmx request whose session ended reloads into this page
+    headers = {**NO_STORE, "HX-Refresh": "true",  # an htmx request whose session ended reloads into this page
+               "Referrer-Policy": "same-origin"}  # else the form's POST carries `Origin: null` (see web/guard.py)
     if status_code == 429:
         headers["Retry-After"] = str(round(1 / ATTEMPTS_PER_S))
     return HTMLResponse(to_xml(page), status_code, headers=headers)
