@@ -3,10 +3,14 @@ on the far end of a private network (tests/lan.py): the token form fits and work
 loads its manifest, icons and favicon with nothing in the console."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from playwright.sync_api import expect
 
 from tests.screenshot import PHONE_WIDTH
+from tests.system import ROOT
 from tests.test_access import lan  # noqa: F401 (the fixture)
 from tests.test_browser import browser  # noqa: F401 (the fixture)
 
@@ -87,3 +91,13 @@ def test_the_app_opened_from_the_link_is_installable_with_a_clean_console(lan, p
         assert phone.request.get(lan.url + icon).status == 200, icon
     assert phone.locator("meta[name=theme-color]").get_attribute("content") == "#1d2330"
     assert phone.problems == []
+
+
+def test_a_rotation_takes_an_open_phone_page_back_to_the_token_page(lan, phone):  # noqa: F811
+    with phone.expect_websocket() as opened:
+        phone.goto(lan.link)
+    opened.value.wait_for_event("framereceived")  # the tab is live: its resync frame came
+    subprocess.run([sys.executable, "-m", "bin.token", "rotate"], cwd=ROOT, env=lan.app.env, check=True,
+                   capture_output=True, timeout=20)
+    expect(phone.get_by_label("Access token")).to_be_visible()  # the WebSocket closed (1008) and the page reloaded
+    expect(phone.get_by_role("list", name="Todos")).to_have_count(0)
