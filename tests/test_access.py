@@ -36,6 +36,10 @@ class LanApp:
     token: str
 
     @property
+    def cookie_name(self) -> str:
+        return f"todo-session-{self.app.web_port}"
+
+    @property
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://") + "/ws"
 
@@ -111,8 +115,9 @@ def test_without_a_session_every_page_route_and_websocket_gets_401_with_no_conte
     with lan.phone() as stranger:
         responses = [stranger.get("/"), stranger.get("/?filter=active"), stranger.get("/chat/history?before=99"),
                      stranger.get("/static/app.js"), stranger.get("/no-such-page"), stranger.get("/", headers=forged),
-                     stranger.get("/", headers={"Cookie": "session=1.forged.0000"}),
-                     stranger.post("/todos", data={"title": "from a stranger"}), stranger.post("/stop")]
+                     stranger.get("/", headers={"Cookie": f"{lan.cookie_name}=1.forged.0000"}),
+                     stranger.post("/todos", data={"title": "from a stranger"}), stranger.post("/stop"),
+                     stranger.get("/?" + "a=1&" * 50 + "token=x"), stranger.post("/login", content="a=1&" * 50)]
         for response in responses:
             assert response.status_code == 401, (response.request.url, response.status_code)
             assert SECRET not in response.text and 'label for="token">Access token' in response.text
@@ -122,7 +127,7 @@ def test_without_a_session_every_page_route_and_websocket_gets_401_with_no_conte
         for path in ("/static/app.css", "/static/manifest.webmanifest", "/static/favicon.svg",
                      "/static/icon-192.png", "/static/icon-512.png", "/static/apple-touch-icon.png"):
             assert stranger.get(path).status_code == 200, path
-    for cookie in (None, "session=1.forged.0000"):
+    for cookie in (None, f"{lan.cookie_name}=1.forged.0000"):
         with pytest.raises(InvalidStatus) as refused:
             ws_connect(lan.ws_url, open_timeout=5, additional_headers={"Cookie": cookie} if cookie else None)
         assert refused.value.response.status_code == 401
@@ -135,12 +140,12 @@ def test_the_link_sets_an_httponly_strict_cookie_and_redirects_to_the_clean_url(
         opened = phone.get(f"/?filter=active&token={lan.token}")
         assert opened.status_code == 303 and opened.headers["location"] == "/?filter=active"
         cookie = opened.headers["set-cookie"].lower()
-        assert cookie.startswith("session=") and "httponly" in cookie and "samesite=strict" in cookie
+        assert cookie.startswith(f"{lan.cookie_name}=") and "httponly" in cookie and "samesite=strict" in cookie
         assert "path=/" in cookie
         page = phone.get("/?filter=active")
         assert page.status_code == 200 and 'aria-label="Todos"' in page.text
         with ws_connect(lan.ws_url + "?filter=active", open_timeout=5,
-                        additional_headers={"Cookie": f"session={phone.cookies['session']}"}) as tab:
+                        additional_headers={"Cookie": f"{lan.cookie_name}={phone.cookies[lan.cookie_name]}"}) as tab:
             assert "llm-status" in tab.recv(timeout=5)
     with lan.phone() as phone:  # the token typed into the form works the same way
         typed = phone.post("/login", data={"token": lan.token}, headers={"Origin": lan.url})
@@ -155,15 +160,15 @@ def test_wrong_tokens_are_refused_and_then_rate_limited_even_the_right_one(lan):
             assert wrong.status_code == 401 and "That is not the access token." in wrong.text
         limited = phone.post("/login", data={"token": lan.token})
         assert limited.status_code == 429 and "Too many attempts" in limited.text
-        assert "session" not in phone.cookies
+        assert lan.cookie_name not in phone.cookies
         assert phone.get(lan.link).status_code == 429  # the link counts as an attempt too
         assert phone.get("/").status_code == 401
 
 
 def test_rotating_the_token_ends_every_session_and_closes_its_open_websocket(lan):
     with lan.session() as old_phone:
-        old_cookie = old_phone.cookies["session"]
-        with ws_connect(lan.ws_url, open_timeout=5, additional_headers={"Cookie": f"session={old_cookie}"}) as tab:
+        old_cookie = f"{lan.cookie_name}={old_phone.cookies[lan.cookie_name]}"
+        with ws_connect(lan.ws_url, open_timeout=5, additional_headers={"Cookie": old_cookie}) as tab:
             assert "llm-status" in tab.recv(timeout=5)
             rotated = subprocess.run([sys.executable, "-m", "bin.token", "rotate"], cwd=ROOT, env=lan.app.env,
                                      capture_output=True, text=True, timeout=20)

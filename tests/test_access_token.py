@@ -9,7 +9,8 @@ import pytest
 
 from services import access_token, config
 from services.config import ConfigError
-from web.auth import ATTEMPT_BURST, SESSION_MAX_AGE_S, Attempts, Sessions, WatchedToken, is_loopback_peer
+from web.auth import (ATTEMPT_BURST, SESSION_MAX_AGE_S, Attempts, Sessions, WatchedToken, attempt_key,
+                      is_loopback_peer)
 
 
 @pytest.mark.parametrize("host, loopback", [
@@ -94,3 +95,9 @@ def test_attempts_are_limited_per_address(tmp_path):
     assert attempts.allow("10.0.0.3")  # another device is not locked out
     now[0] += 10
     assert attempts.allow("10.0.0.2") and not attempts.allow("10.0.0.2")
+
+
+def test_attempts_from_one_ipv6_network_count_together():
+    # One device on IPv6 can pick any address of its /64: counting per address would not slow it down.
+    assert attempt_key({"client": ("fd00::1:2", 5)}) == attempt_key({"client": ("fd00::9", 6)}) == "fd00::/64"
+    assert attempt_key({"client": ("10.0.0.2", 5)}) == "10.0.0.2"

@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 def serve(app, sock: socket.socket) -> int:
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, ws_max_size=64 * 1024,
-        ws_per_message_deflate=False))
+        ws_per_message_deflate=False,
+        # The peer address is the socket's own: uvicorn would otherwise take X-Forwarded-For from a loopback peer,
+        # and web/auth.py lets loopback in by that address.
+        proxy_headers=False))
     signal.signal(signal.SIGHUP, server.handle_exit)  # the terminal was closed: end like on SIGTERM
     server.run(sockets=[sock])
     return 0 if server.started else 3

@@ -133,7 +133,7 @@ def create_app(settings: Settings) -> FastHTML:
     app.state.relay, app.state.clients, app.state.store = relay, clients, store
     app.add_exception_handler(sqlite3.OperationalError, database_unavailable)
     if access_token.required(settings):  # added first, so it runs inside the Guard (Host, Origin, CSP)
-        app.add_middleware(AccessGate, token_path=access_token.path(settings))
+        app.add_middleware(AccessGate, token_path=access_token.path(settings), port=settings.web_port)
     app.add_middleware(Guard, hosts=allowed_hosts(settings.allowed_hosts, settings.web_port),
                        bucket=TokenBucket(settings.actions_per_s, settings.action_burst))
 

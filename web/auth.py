@@ -14,7 +14,7 @@ import secrets
 import time
 from collections import OrderedDict
 from http.cookies import CookieError, SimpleCookie
-from ipaddress import IPv6Address, ip_address
+from ipaddress import IPv6Address, ip_address, ip_network
 from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qsl, urlencode
@@ -28,7 +28,7 @@ from services.config import ConfigError
 from web.components import PAGE_HEAD
 from web.ratelimit import TokenBucket
 
-SESSION_COOKIE = "session"
+SESSION_COOKIE = "todo-session-{port}"  # cookies are per host, not per port: two copies of the app keep theirs apart
 SESSION_MAX_AGE_S = 30 * 24 * 3600  # a phone stays signed in for a month, or until the token is rotated
 LOGIN_PATH = "/login"
 # What the login page and a home-screen icon load. None of it reveals a todo or a message; browsers fetch the
@@ -174,13 +174,24 @@ def without_token(scope: Scope) -> str:
     return scope["path"] + (f"?{urlencode(query)}" if query else "")
 
 
-def session_cookie(scope: Scope) -> str | None:
+def session_cookie(scope: Scope, name: str) -> str | None:
     cookies = SimpleCookie()
     try:
         cookies.load(dict(scope["headers"]).get(b"cookie", b"").decode("latin-1"))
     except CookieError:
         return None
-    return cookies[SESSION_COOKIE].value if SESSION_COOKIE in cookies else None
+    return cookies[name].value if name in cookies else None
+
+
+def attempt_key(scope: Scope) -> str:
+    """Whom token attempts are counted for: the peer address, or its /64 for IPv6, where one device can use a
+    whole network's worth of addresses."""
+    peer = (scope.get("client") or ("unknown",))[0]
+    try:
+        address = ip_address(peer)
+    except ValueError:
+        return peer
+    return str(ip_network(f"{address}/64", strict=False)) if address.version == 6 else peer
 
 
 async def read_form_token(receive: Receive) -> str | None:
@@ -195,13 +206,16 @@ async def read_form_token(receive: Receive) -> str | None:
             return None
         if not message.get("more_body"):
             break
-    fields = dict(parse_qsl(body.decode("utf-8", "replace"), max_num_fields=10))
-    return fields.get("token")
+    try:
+        return dict(parse_qsl(body.decode("utf-8", "replace"), max_num_fields=10)).get("token")
+    except ValueError:  # more fields than a token form has
+        return None
 
 
 class AccessGate:
-    def __init__(self, app: ASGIApp, token_path: Path) -> None:
+    def __init__(self, app: ASGIApp, token_path: Path, port: int) -> None:
         self.app = app
+        self.cookie_name = SESSION_COOKIE.format(port=port)
         self.sessions = Sessions(WatchedToken(token_path))
         self.attempts = Attempts()
 
@@ -209,7 +223,7 @@ class AccessGate:
         if scope["type"] not in ("http", "websocket") or is_loopback_peer(scope):
             await self.app(scope, receive, send)
             return
-        session = session_cookie(scope)
+        session = session_cookie(scope, self.cookie_name)
         if self.sessions.valid(session):
             if scope["type"] == "websocket":
                 await self._serve_websocket(session, scope, receive, send)
@@ -228,22 +242,26 @@ class AccessGate:
         method = scope.get("method")
         if scope["type"] == "http" and method == "POST" and scope["path"] == LOGIN_PATH:
             return self._attempt(scope, await read_form_token(receive), "/")
-        if scope["type"] == "http" and method == "GET" and b"token=" in scope.get("query_string", b""):
-            token = dict(parse_qsl(scope["query_string"].decode("latin-1"))).get("token")
-            return self._attempt(scope, token, without_token(scope))
+        try:
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), max_num_fields=20))
+        except ValueError:  # more fields than any link of the app has
+            query = {}
+        if scope["type"] == "http" and method == "GET" and "token" in query:
+            return self._attempt(scope, query["token"], without_token(scope))
         return login_page()
 
     def _attempt(self, scope: Scope, candidate: str | None, redirect_to: str) -> Response:
         # Counted before the comparison, right or wrong: past the limit even the right token waits.
-        if not self.attempts.allow(scope["client"][0]):
-            log.warning("too many token attempts from %s", scope["client"][0])
+        who = attempt_key(scope)
+        if not self.attempts.allow(who):
+            log.warning("too many token attempts from %s", who)
             return login_page("Too many attempts: wait a minute, then try again.", 429)
         token = self.sessions.accepts(candidate or "")
         if token is None:
-            log.info("a wrong access token from %s", scope["client"][0])
+            log.info("a wrong access token from %s", who)
             return login_page("That is not the access token.")
         response = RedirectResponse(redirect_to, 303, headers=NO_STORE)
-        response.set_cookie(SESSION_COOKIE, self.sessions.new(token), max_age=SESSION_MAX_AGE_S, path="/",
+        response.set_cookie(self.cookie_name, self.sessions.new(token), max_age=SESSION_MAX_AGE_S, path="/",
                             httponly=True, samesite="strict")
         return response
 
