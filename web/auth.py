@@ -113,7 +113,7 @@ class Sessions:
         if token is None or not cookie or cookie.count(".") != 2:
             return False
         issued, nonce, mac = cookie.split(".")
-        if not issued.isdigit() or self.clock() - int(issued) > SESSION_MAX_AGE_S:
+        if not (issued.isascii() and issued.isdigit()) or self.clock() - int(issued) > SESSION_MAX_AGE_S:
             return False
         return hmac.compare_digest(mac.encode(), self._mac(token, f"{issued}.{nonce}").encode())
 
