@@ -74,6 +74,7 @@ def lan(tmp_path, fake_ollama):
         try:
             app.start_bus()
             app.start("web", *network.command(sys.executable, "-m", "web"))
+            app.start_worker()  # (in this namespace: it reaches the web over the ipc:// socket in DATA_DIR)
             found = wait_for_link(app)
             lan_app = LanApp(app, network, f"http://{network.web_address}:{app.web_port}", found[1], found[2])
             with lan_app.phone() as phone:  # the log line comes just before uvicorn listens

@@ -81,6 +81,8 @@ def test_the_app_opened_from_the_link_is_installable_with_a_clean_console(lan, p
     phone.get_by_label("New todo").fill("from the phone")
     phone.get_by_role("button", name="Add").click()
     expect(phone.get_by_role("list", name="Todos")).to_contain_text("from the phone")
+    phone.get_by_role("button", name="Chat").click()
+    expect(phone.get_by_role("log").locator(".msg.assistant")).to_have_count(1)  # streamed over the WebSocket
     manifest = app_manifest(phone)
     assert manifest["display"] == "kStandalone" and manifest["themeColor"] == "rgba(29,35,48,1)"
     assert {icon["sizes"] for icon in manifest["icons"]} >= {"192x192", "512x512"}
