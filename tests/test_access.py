@@ -145,6 +145,8 @@ def test_the_link_sets_an_httponly_strict_cookie_and_redirects_to_the_clean_url(
         assert "path=/" in cookie
         page = phone.get("/?filter=active")
         assert page.status_code == 200 and 'aria-label="Todos"' in page.text
+        again = phone.get(lan.link)  # opened again with a session: the token is only taken out of the address
+        assert again.status_code == 303 and again.headers["location"] == "/" and "set-cookie" not in again.headers
         with ws_connect(lan.ws_url + "?filter=active", open_timeout=5,
                         additional_headers={"Cookie": f"{lan.cookie_name}={phone.cookies[lan.cookie_name]}"}) as tab:
             assert "llm-status" in tab.recv(timeout=5)

@@ -102,3 +102,12 @@ def test_attempts_from_one_ipv6_network_count_together():
     # One device on IPv6 can pick any address of its /64: counting per address would not slow it down.
     assert attempt_key({"client": ("fd00::1:2", 5)}) == attempt_key({"client": ("fd00::9", 6)}) == "fd00::/64"
     assert attempt_key({"client": ("10.0.0.2", 5)}) == "10.0.0.2"
+
+
+def test_a_missing_token_file_lets_nobody_in_until_a_rotation(tmp_path):
+    token = WatchedToken(tmp_path / "web-token")
+    assert token.current() is not None
+    (tmp_path / "web-token").unlink()
+    assert token.current() is None and token.generation == 1
+    access_token.rotate(tmp_path / "web-token")
+    assert token.current() == access_token.read(tmp_path / "web-token") and token.generation == 2

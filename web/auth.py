@@ -168,6 +168,16 @@ def login_page(message: str = "", status_code: int = 401) -> HTMLResponse:
     return HTMLResponse(to_xml(page), status_code, headers=headers)
 
 
+def link_token(scope: Scope) -> str | None:
+    """The token of a GET to the link the web printed (`/?token=…`), if this is one."""
+    if scope["type"] != "http" or scope.get("method") != "GET":
+        return None
+    try:
+        return dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), max_num_fields=20)).get("token")
+    except ValueError:  # more fields than any link of the app has
+        return None
+
+
 def without_token(scope: Scope) -> str:
     """The request's path and query string with the token taken out: where a link with the token redirects."""
     query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1")) if k != "token"]
@@ -227,6 +237,8 @@ class AccessGate:
         if self.sessions.valid(session):
             if scope["type"] == "websocket":
                 await self._serve_websocket(session, scope, receive, send)
+            elif link_token(scope) is not None:  # the link opened again: only take the token out of sight
+                await RedirectResponse(without_token(scope), 303, headers=NO_STORE)(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
             return
@@ -242,12 +254,9 @@ class AccessGate:
         method = scope.get("method")
         if scope["type"] == "http" and method == "POST" and scope["path"] == LOGIN_PATH:
             return self._attempt(scope, await read_form_token(receive), "/")
-        try:
-            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), max_num_fields=20))
-        except ValueError:  # more fields than any link of the app has
-            query = {}
-        if scope["type"] == "http" and method == "GET" and "token" in query:
-            return self._attempt(scope, query["token"], without_token(scope))
+        candidate = link_token(scope)
+        if candidate is not None:
+            return self._attempt(scope, candidate, without_token(scope))
         return login_page()
 
     def _attempt(self, scope: Scope, candidate: str | None, redirect_to: str) -> Response:
