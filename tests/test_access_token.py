@@ -9,8 +9,8 @@ import pytest
 
 from services import access_token, config
 from services.config import ConfigError
-from web.auth import (ATTEMPT_BURST, SESSION_MAX_AGE_S, Attempts, Sessions, WatchedToken, attempt_key,
-                      is_loopback_peer)
+from web.auth import attempt_key, is_loopback_peer
+from web.sessions import ATTEMPT_BURST, SESSION_MAX_AGE_S, Attempts, Sessions, WatchedToken
 
 
 @pytest.mark.parametrize("host, loopback", [
@@ -76,8 +76,9 @@ def test_a_session_is_valid_until_it_is_tampered_with_expires_or_the_token_rotat
     cookie = sessions.new(token)
     assert sessions.valid(cookie)
     issued, nonce, mac = cookie.split(".")
-    for forged in (f"{issued}.{nonce}.{'0' * len(mac)}", f"{int(issued) + 1}.{nonce}.{mac}", f"²{issued}.{nonce}.{mac}",
-                   "", "a.b", None):
+    forgeries = (f"{issued}.{nonce}.{'0' * len(mac)}", f"{int(issued) + 1}.{nonce}.{mac}",
+                 f"²{issued}.{nonce}.{mac}", "", "a.b", None)
+    for forged in forgeries:
         assert not sessions.valid(forged)
     assert sessions.accepts(token) == token and sessions.accepts(token[:-1]) is None
     assert sessions.accepts("é" * 43) is None  # not ASCII: refused, not an exception
