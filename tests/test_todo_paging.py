@@ -20,7 +20,7 @@ from store import Todo
 from tests.bench.big_lists import fill
 from tests.system import Tab, running
 from web.components import TodoItem, todo_rows
-from web.todos import PAGE_SIZE
+from web.todos import PAGE_SIZE, RESYNC_MAX_ROWS
 
 HTMX = {"HX-Request": "true"}
 ROW = re.compile(r'<li id="todo-(\d+)" class="todo( done)?"')
@@ -104,6 +104,30 @@ def test_a_connecting_tab_is_sent_the_first_page_of_its_filter_only(long_list):
         finally:
             tab.close()
         assert len(rows(resync)) == PAGE_SIZE and {d for _, d in rows(resync)} == {done}
+
+
+def resync_of(app, query: str) -> str:
+    tab = Tab(f"{app.ws_url}?{query}")
+    try:
+        return tab.frames.wait_for(lambda frame: 'id="todo-list"' in frame, 10, "the resync")
+    finally:
+        tab.close()
+
+
+def test_a_reconnecting_tab_gets_back_the_pages_it_had_loaded_and_no_more(long_list):
+    # Open todos have ids 8, 9, 10, 18, 19, 20, ...: the 300th is 1,000, the 1,000th completed one 1,429.
+    resync = resync_of(long_list, "filter=all&open_to=1000")
+    assert [todo_id for todo_id, _ in rows(resync)][-1] == 1000 and len(rows(resync)) == 300
+    assert 'data-after="1000"' in resync and ">1,400</span> completed" in resync  # then "Show more"; completed
+    # still collapsed
+    resync = resync_of(long_list, "filter=all&open_to=1000&done_to=1429")
+    assert sum(done for _, done in rows(resync)) == 1_000
+    # Everything loaded (no "Show more" left): at most RESYNC_MAX_ROWS per section, then "Show more" again.
+    resync = resync_of(long_list, "filter=completed&done_to=2000")
+    assert len(rows(resync)) == RESYNC_MAX_ROWS and f'data-after="{rows(resync)[-1][0]}"' in resync
+    # Only the first page for a tab that had loaded no more, or whose URL makes no sense.
+    for query in ("filter=all&open_to=20", "filter=all&open_to=-5&done_to=x", "open_to=" + "9" * 5000):
+        assert len(rows(resync_of(long_list, query))) == PAGE_SIZE, query
 
 
 def test_clear_completed_deletes_every_done_todo_in_one_journal_entry(long_list):

@@ -2,6 +2,9 @@
 "Clear completed" and the counts, and changes from another tab placed in each tab's own view."""
 from __future__ import annotations
 
+import os
+import signal
+
 import httpx
 import pytest
 from playwright.sync_api import expect
@@ -140,3 +143,18 @@ def test_more_open_todos_than_a_page_load_as_the_list_scrolls(tmp_path, open_pag
         expect(rows).to_have_count(3 * PAGE_SIZE + 1)
         assert page.locator("#todo-list .todo").evaluate_all("rows => new Set(rows.map(r => r.id)).size") \
             == 3 * PAGE_SIZE + 1  # no row twice
+
+
+def test_a_reconnected_tab_keeps_the_pages_it_had_loaded(tmp_path, open_page):
+    fill(tmp_path / "data", 1_000, done_share=0)
+    with running(tmp_path, "http://127.0.0.1:9", worker=False) as app:
+        page = open_page(app.url)
+        rows = todos(page).locator(":scope > li.todo")
+        page.get_by_role("button", name="Show more").dispatch_event("click")
+        expect(rows).to_have_count(2 * PAGE_SIZE)
+        page.evaluate("htmx.config.wsReconnectDelay = () => 100; delete document.documentElement.dataset.synced")
+        os.kill(app.processes["web"].pid, signal.SIGKILL)
+        app.start_web()
+        synced(page)  # the resync after the reconnect
+        expect(rows).to_have_count(2 * PAGE_SIZE)  # not just the first page again
+        expect(page.get_by_role("button", name="Show more")).to_have_count(1)

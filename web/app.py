@@ -204,24 +204,26 @@ def create_app(settings: Settings) -> FastHTML:
     async def stop():
         journal.publisher.publish(protocol.STOP, {})
 
-    last_resync: dict = {}  # filter -> (journal head, list version, status, markup)
+    last_resync: dict = {}  # view -> (journal head, list version, status, markup)
 
-    def resync(filter: str) -> str:
-        # Tabs reconnect together (a restart of the web, a network blip): the frame is rendered once for all of
-        # them, until the journal, the list or the status changes, or while a reply streams.
+    def resync(view: tuple) -> str:
+        # Tabs reconnect together (a restart of the web, a network blip): each view's frame is rendered once for
+        # all of them, until the journal, the list or the status changes, or while a reply streams.
         head, status = store.last_seq(), relay.status
-        cached = last_resync.get(filter)
+        cached = last_resync.get(view)
         if relay.streaming or cached is None or cached[:3] != (head, lists.version, status):
-            markup = to_xml((lists.resync(filter), oob(chat_log()), oob(Status(status))), indent=False)
-            last_resync[filter] = cached = (head, lists.version, status, markup)
+            markup = to_xml((lists.resync(*view), oob(chat_log()), oob(Status(status))), indent=False)
+            if len(last_resync) >= todos.MAX_CACHED_VIEWS:
+                last_resync.clear()
+            last_resync[view] = cached = (head, lists.version, status, markup)
         return cached[3]
 
     async def on_connect(ws):
         # A tab that (re)connects gets the current state of what it shows, swapped in by id: after a restart of the
         # web, or a disconnect for falling behind, it shows what it missed without a reload and without duplicates.
-        # Only the first page of its filter's list (its URL says which): never the whole list.
+        # Only the rows it had loaded, by its URL: never the whole list.
         clients.connect(ws)
-        clients.send_html(ws, resync(todos.filter_of(ws.query_params.get("filter"))))
+        clients.send_html(ws, resync(todos.view_of(ws.query_params)))
 
     async def on_disconnect(ws):
         clients.disconnect(ws)

@@ -138,7 +138,7 @@ def MoreTodos(done: bool, after: int):
     return Li(
         Button("Show more completed" if done else "Show more", type="button", hx_trigger="click, intersect once",
                hx_get=f"/todos/more?done={int(done)}&after={after}", hx_target="closest li", hx_swap="outerHTML"),
-        cls="more",
+        cls="more", data_after=after,  # (what a reconnecting tab had loaded: see app.js, loadedThrough)
     )
 
 

@@ -4,6 +4,7 @@ filters (All / Active / Completed) choose sections of that same paging. Each cha
 row it touched, plus the counts; app.js puts the row where that tab's view wants it."""
 from __future__ import annotations
 
+import bisect
 from dataclasses import replace
 
 from fasthtml.common import FastHTML, Safe, to_xml
@@ -22,6 +23,10 @@ from web.journal import Journal
 
 # Rows per page of a section: a screenful several times over, and a page (or a resync) that renders in a few ms.
 PAGE_SIZE = 200
+# A tab that had loaded more pages gets them back when it reconnects, up to this many rows per section (then "Show
+# more" again): what it showed, with the rendering that holds the event loop bounded (~5 ms).
+RESYNC_MAX_ROWS = 1_000
+MAX_CACHED_VIEWS = 16  # resync frames kept, one per view (filter and loaded rows); the views are the tabs' to name
 INBOX = "todo-inbox"  # where a change lands in every tab before app.js places it
 
 # The fresh form a successful POST swaps back in never changes: rendered once, not per request (building FT
@@ -34,6 +39,17 @@ def filter_of(text: object) -> str:
     return text if isinstance(text, str) and text in FILTERS else "all"
 
 
+def view_of(params) -> tuple[str, int, int]:
+    """The view a tab's WebSocket URL names: its filter, and the last row it had loaded in each section (0: just
+    the first page). Anything malformed counts as the plain first page."""
+    def through(name: str) -> int:
+        try:
+            return whole_number(params.get(name, ""), name, MAX_INTEGER)
+        except InputError:
+            return 0
+    return filter_of(params.get("filter")), through("open_to"), through("done_to")
+
+
 class TodoLists:
     """The list as each view shows it, and what every tab is sent when it changes."""
 
@@ -44,36 +60,47 @@ class TodoLists:
         # the index cost ~1 ms per 10,000 todos, on every change and every page.
         self.counted = list(store.todo_counts())
         self.version = 0  # of the list: one more with each change
-        self._resyncs: dict[str, tuple[int, str]] = {}  # filter -> (version, its resync's markup)
+        self._resyncs: dict[tuple, Safe] = {}  # (filter, open_to, done_to) -> its resync, at version `_resynced`
+        self._resynced = -1
 
-    def section(self, done: bool, after: int = 0) -> list:
-        """One page of open (or completed) todos after id `after`, ending with the control that loads the next."""
+    def section(self, done: bool, after: int = 0, through: int = 0) -> list:
+        """One page of open (or completed) todos after id `after`, ending with the control that loads the next; or
+        from the start through id `through` (a reconnecting tab's loaded pages), at least a page and at most
+        RESYNC_MAX_ROWS."""
         todos = self.store.todos_page(done, after, PAGE_SIZE + 1)
-        items = [todo_rows(todos[:PAGE_SIZE])]
-        if len(todos) > PAGE_SIZE:
-            items.append(MoreTodos(done, todos[PAGE_SIZE - 1].id))
+        shown = PAGE_SIZE
+        if len(todos) > PAGE_SIZE and through > todos[PAGE_SIZE - 1].id:  # the tab had loaded more than a page
+            todos = self.store.todos_page(done, after, RESYNC_MAX_ROWS + 1)
+            shown = bisect.bisect_right([todo.id for todo in todos[:RESYNC_MAX_ROWS]], through)
+        items = [todo_rows(todos[:shown])]
+        if len(todos) > shown:
+            items.append(MoreTodos(done, todos[shown - 1].id))
         return items
 
-    def view(self, filter: str) -> tuple:
-        """The list and its footer as `filter` shows them: the first page of each section it includes."""
+    def view(self, filter: str, open_to: int = 0, done_to: int = 0) -> tuple:
+        """The list and its footer as `filter` shows them: the first page of each section it includes (or, with
+        `open_to` / `done_to`, the rows through those ids: see `resync`)."""
         open_count, done_count = self.counted
-        open_items = [] if filter == "completed" else self.section(False)
-        if filter == "all":
+        open_items = [] if filter == "completed" else self.section(False, through=open_to)
+        if filter == "all" and not done_to:
             done_items = [ShowCompleted(done_count)]
         else:
-            done_items = self.section(True) if filter == "completed" else None
+            done_items = self.section(True, through=done_to) if filter != "active" else None
         return TodoList(filter, open_items, done_items), TodoFooter(open_count, done_count)
 
-    def resync(self, filter: str) -> Safe:
-        """What a connecting tab of this filter is sent about the list: its first page and the footer, swapped in
-        by id. Tabs reconnect together (after a restart of the web, or a network blip): rendered once for all of
-        them until the list changes."""
-        version, markup = self._resyncs.get(filter, (None, ""))
-        if version != self.version:
-            todo_list, footer = self.view(filter)
-            markup = to_xml((oob(todo_list, swap="innerHTML"), oob(footer)), indent=False)
-            self._resyncs[filter] = (self.version, markup)
-        return Safe(markup)
+    def resync(self, filter: str, open_to: int = 0, done_to: int = 0) -> Safe:
+        """What a connecting tab of this filter is sent about the list, swapped in by id: what it showed, i.e. the
+        rows through the last one it had loaded in each section (its WebSocket URL says which; see app.js), or the
+        first page, and the footer. Tabs reconnect together (after a restart of the web, or a network blip): each
+        view is rendered once for all of them until the list changes."""
+        if self._resynced != self.version or len(self._resyncs) >= MAX_CACHED_VIEWS:
+            self._resyncs.clear()
+            self._resynced = self.version
+        view = (filter, open_to, done_to)
+        if view not in self._resyncs:
+            todo_list, footer = self.view(*view)
+            self._resyncs[view] = Safe(to_xml((oob(todo_list, swap="innerHTML"), oob(footer)), indent=False))
+        return self._resyncs[view]
 
     def counts(self):
         return oob(TodoFooter(*self.counted))

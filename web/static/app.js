@@ -324,6 +324,24 @@ document.addEventListener("htmx:wsAfterMessage", () => {
   showCounts();
 });
 
+// A reconnect (a restart of the web, a tab that fell behind) resyncs what this tab shows: its WebSocket URL names
+// the last row loaded in each section, so pages loaded with "Show more" come back too (web/todos.py, view_of).
+const openSocket = htmx.createWebSocket;
+htmx.createWebSocket = (url) => openSocket(url + loadedThrough());
+
+function loadedThrough() {
+  // A section's "Show more" names the last row loaded (rows after it arrived live); without one, all of it is.
+  const through = (section) => {
+    if (!section || section.querySelector(":scope > .show-done")) return 0;  // none, or completed still collapsed
+    const more = section.querySelector(":scope > .more:not(.show-done)");
+    const rows = section.querySelectorAll(":scope > .todo");
+    return more ? Number(more.dataset.after) : rows.length ? Number(todoId(rows[rows.length - 1])) : 0;
+  };
+  const open = through(document.getElementById("todo-list"));
+  const done = through(document.getElementById("done-list"));
+  return (open ? `&open_to=${open}` : "") + (done ? `&done_to=${done}` : "");
+}
+
 // After a page of a section loads, a row that arrived live before it (see placeTodo) is there twice: keep the
 // first, which is in id order.
 document.addEventListener("htmx:afterSwap", () => {
