@@ -85,7 +85,7 @@ def whole_reply(page, app, fake: FakeOllamaProcess, frames: list[str], number: i
     page.get_by_label("Message").fill(f"question {number}")
     page.get_by_role("button", name="Send").click()
     wait_saved(app, f"question {number}")
-    page.locator(f"#chat-log .msg.assistant:not(:has(.streaming))").last.wait_for(timeout=WAIT_MS)
+    page.locator("#chat-log .msg.assistant:not(:has(.streaming))").last.wait_for(timeout=WAIT_MS)
     page.get_by_role("status").filter(has_text="ready").wait_for(timeout=WAIT_MS)
     got = [frame if isinstance(frame, str) else frame.decode() for frame in frames[before:]]
     kinds: dict[str, list[int]] = {}

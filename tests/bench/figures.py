@@ -31,13 +31,17 @@ async def relay_overhead(session: Session, config: Config) -> dict:
     [listener] = await session.listeners(1)
     tap = TokenTap(session.app.settings.bus_sub_addr)
     try:
+        before = session.cpu_s()
         streamed = await session.stream_reply([listener], "relay", config.relay_tokens, config.relay_tokens_per_s)
+        # At a model's pace every token travels alone: no batching, each one pays every wakeup (compare figure 3).
+        cpu = cpu_per(before, session.cpu_s(), config.relay_tokens)
     finally:
         tap.close()
         await close_listeners([listener])
     got = delivery(listener, streamed.reply_id, streamed.sent)
     tab = {token: frame.at for frame in listener.frames for _, token in frame.tokens}
     relay = {"tokens_per_s": config.relay_tokens_per_s, "overhead_ms": summary(got.overheads_s, 1000),
+             "cpu_us_per_token": cpu,
              **tap.segments(streamed.sent, tab), **counts([got])}
     return {"relay": relay, "bytes": wire_figures(listener, streamed)}
 

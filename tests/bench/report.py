@@ -155,6 +155,7 @@ def table(results: dict) -> str:
         row("  fake writes → worker publishes, ms", relay["fake_to_worker_publish_ms"]),
         row("  worker publishes → a SUB here (bus hop), ms", relay["worker_publish_to_bus_sub_ms"]),
         row("  that SUB → tab (web relay, WebSocket), ms", relay["bus_sub_to_tab_ms"]),
+        row("  CPU µs per token: web | worker | bus", columns(relay["cpu_us_per_token"])),
         row("2 action → first token, overhead, ms", action["overhead_ms"], loss=action,
             target=f"p99 < {ACTION_P99_MS} ms", met=met["action_to_first_token"]),
         row("  the same from the POST being sent, ms", action["overhead_from_post_sent_ms"]),
@@ -335,3 +336,23 @@ def history_rows(history: dict, met: dict) -> list[str]:
                         target=f"growth <= {RSS_GROWTH_MAX:.0%}" if is_largest else "",
                         met=met["memory_flat"] if is_largest else ""))
     return rows
+
+
+def runs_table(runs: list[dict]) -> str:
+    """Issue 16: the figures whose p99 targets must hold in every run, run by run."""
+    header = ("run", "load", "1 relay p99", "5 POST p99", "2 action p99", "3 CPU web/worker µs", "6 B/token",
+              "15 reply B", "15 p50 ms")
+    lines = [f"targets held in each of {len(runs)} runs (relay p99 < {RELAY_P99_MS} ms, todo POST p99 < "
+             f"{POST_P99_MS} ms):", " | ".join(header)]
+    for index, results in enumerate(runs, 1):
+        cpu = results["throughput"]["cpu_us_per_token"]
+        browser = results["browser_first_token"]
+        cells = (index, results["machine"]["load_average_at_start"][0],
+                 results["relay"]["overhead_ms"]["p99"], results["post_while_streaming"]["latency_ms"]["p99"],
+                 results["action_to_first_token"]["overhead_ms"]["p99"], f"{cpu['web']:.0f}/{cpu['worker']:.0f}",
+                 results["bytes"]["token_overhead_bytes"]["max"], browser["whole_reply"]["bytes"],
+                 browser["overhead_ms"]["p50"])
+        lines.append(" | ".join(number(cell) if not isinstance(cell, str) else cell for cell in cells))
+    held = all(r["targets"]["relay_overhead"] and r["targets"]["post_while_streaming"] for r in runs)
+    lines.append(f"relay and todo POST targets held in every run: {'yes' if held else 'no'}")
+    return "\n".join(lines)
