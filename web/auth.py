@@ -84,9 +84,12 @@ def link_token(scope: Scope) -> str | None:
 
 
 def without_token(scope: Scope) -> str:
-    """The request's path and query string with the token taken out: where a link with the token redirects."""
+    """The request's path and query string with the token taken out: where a link with the token redirects. Always
+    one leading slash: `GET //evil.example/?token=…` (or `/%2F/evil.example`, which the server decodes to `//`)
+    must not redirect to the scheme-relative `//evil.example/`, another site. (RedirectResponse percent-encodes a
+    backslash or a tab, so neither can turn into a second slash in the browser.)"""
     query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1")) if k != "token"]
-    return scope["path"] + (f"?{urlencode(query)}" if query else "")
+    return "/" + scope["path"].lstrip("/") + (f"?{urlencode(query)}" if query else "")
 
 
 def session_cookie(scope: Scope, name: str) -> str | None:

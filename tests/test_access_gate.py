@@ -1,0 +1,63 @@
+"""The access gate (web/auth.py) and the perimeter around it (web/guard.py) in process: ASGI scopes whose client is
+another device on the network, no sockets and no processes (tests/test_access.py has the same rules across a real
+network namespace, as root)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from web.auth import AccessGate
+
+PHONE = ("10.0.0.2", 50000)  # another device on the network: the gate never lets it in by its address
+PORT = 5001
+
+
+async def ok(scope, receive, send) -> None:
+    """The app behind the gate: 200 to every request."""
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"the app"})
+
+
+def http(app, path: str, *, method: str = "GET", query: bytes = b"", cookie: str | None = None,
+         body: bytes = b"", client: tuple = PHONE) -> tuple[int, dict[str, str], bytes]:
+    """One request as uvicorn hands it over: `path` already percent-decoded. Status, headers, body."""
+    headers = [(b"host", f"10.0.0.1:{PORT}".encode())]
+    if cookie is not None:
+        headers.append((b"cookie", cookie.encode("latin-1")))
+    if body:
+        headers.append((b"content-type", b"application/x-www-form-urlencoded"))
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": query,
+             "headers": headers, "client": client, "server": ("10.0.0.1", PORT), "scheme": "http",
+             "http_version": "1.1", "root_path": ""}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=5))
+    start = sent[0]
+    return (start["status"], {k.decode(): v.decode() for k, v in start["headers"]},
+            b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+@pytest.fixture
+def gate(tmp_path) -> AccessGate:
+    return AccessGate(ok, token_path=tmp_path / "web-token", port=PORT)
+
+
+def token_of(gate: AccessGate) -> str:
+    return gate.sessions.token.current()
+
+
+@pytest.mark.parametrize("path", ["//evil.example/", "///evil.example/", "/\\evil.example/"])
+def test_the_link_with_the_token_redirects_only_within_this_site(gate, path):
+    # `/%2F/evil.example` reaches the app as `//evil.example`: uvicorn decodes the path.
+    status, headers, _ = http(gate, path, query=f"token={token_of(gate)}&filter=open".encode())
+    assert status == 303
+    location = headers["location"]
+    assert location.startswith("/") and location[1] not in "/\\", location
+    assert location.endswith("evil.example/?filter=open")
