@@ -61,3 +61,31 @@ def test_the_link_with_the_token_redirects_only_within_this_site(gate, path):
     location = headers["location"]
     assert location.startswith("/") and location[1] not in "/\\", location
     assert location.endswith("evil.example/?filter=open")
+
+
+def perimeter(tmp_path, **env):
+    """The middleware stack of web/app.py around an app that answers 200."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from services import config
+    from web.guard import add_perimeter
+
+    async def change(request):
+        return PlainTextResponse("changed")
+
+    app = Starlette(routes=[Route("/todos", change, methods=["POST"])])
+    add_perimeter(app, config.load({"DATA_DIR": str(tmp_path), "WEB_HOST": "0.0.0.0",
+                                    "ALLOWED_HOSTS": "10.0.0.1,127.0.0.1", **env}))
+    return app
+
+
+def test_a_device_without_a_session_does_not_spend_the_change_budget_everyone_shares(tmp_path):
+    app = perimeter(tmp_path, ACTIONS_PER_S="0.01", ACTION_BURST="3")
+    for _ in range(10):  # a phone with no token, posting and trying tokens
+        assert http(app, "/todos", method="POST", body=b"title=x")[0] == 401
+    assert http(app, "/login", method="POST", body=b"token=wrong")[0] == 401  # only its own attempt limit applies
+    loopback = ("127.0.0.1", 40000)
+    assert [http(app, "/todos", method="POST", body=b"title=x", client=loopback)[0] for _ in range(4)] == \
+        [200, 200, 200, 429]  # the user's whole burst is still there, and the limit still holds
