@@ -99,10 +99,11 @@ def test_attempts_are_limited_per_address(tmp_path):
     assert attempts.allow("10.0.0.2") and not attempts.allow("10.0.0.2")
 
 
-def test_attempts_from_one_ipv6_network_count_together():
-    # One device on IPv6 can pick any address of its /64: counting per address would not slow it down.
-    assert attempt_key({"client": ("fd00::1:2", 5)}) == attempt_key({"client": ("fd00::9", 6)}) == "fd00::/64"
-    assert attempt_key({"client": ("10.0.0.2", 5)}) == "10.0.0.2"
+def test_attempts_are_counted_per_device_address_not_per_network():
+    # Every IPv6 device of a home network shares its /64; IPv4 peers of a dual-stack socket come as ::ffff:a.b.c.d.
+    keys = [attempt_key({"client": (peer, 5)}) for peer in ("fd00::1:2", "fd00::9", "::ffff:10.0.0.2",
+                                                            "::ffff:10.0.0.3", "10.0.0.2")]
+    assert keys == ["fd00::1:2", "fd00::9", "10.0.0.2", "10.0.0.3", "10.0.0.2"]
 
 
 def test_a_missing_token_file_lets_nobody_in_until_a_rotation(tmp_path):
