@@ -3,6 +3,7 @@ its rotation, session cookies signed with the token, and the per-address limit o
 for the same rules across real processes)."""
 from __future__ import annotations
 
+import errno
 import stat
 
 import pytest
@@ -106,10 +107,28 @@ def test_attempts_are_counted_per_device_address_not_per_network():
     assert keys == ["fd00::1:2", "fd00::9", "10.0.0.2", "10.0.0.3", "10.0.0.2"]
 
 
-def test_a_missing_token_file_lets_nobody_in_until_a_rotation(tmp_path):
+def test_a_missing_token_file_lets_nobody_in_until_a_rotation(tmp_path, caplog):
     token = WatchedToken(tmp_path / "web-token")
     assert token.current() is not None
     (tmp_path / "web-token").unlink()
-    assert token.current() is None and token.generation == 1
+    assert [token.current() for _ in range(3)] == [None] * 3 and token.generation == 1
+    assert sum("no access token" in record.message for record in caplog.records) == 1  # said once, not per request
     access_token.rotate(tmp_path / "web-token")
     assert token.current() == access_token.read(tmp_path / "web-token") and token.generation == 2
+
+
+def test_a_failed_read_of_the_token_file_is_retried_on_the_next_request(tmp_path, monkeypatch):
+    path = tmp_path / "web-token"
+    token = WatchedToken(path)
+    rotated = access_token.rotate(path)
+    real_read = access_token.read
+    failures = iter([OSError(errno.EIO, "Input/output error")])
+
+    def read_once_failing(token_path):
+        for error in failures:
+            raise error
+        return real_read(token_path)
+
+    monkeypatch.setattr(access_token, "read", read_once_failing)
+    assert token.current() is None  # the failed read: nobody in, as with a broken file
+    assert token.current() == rotated  # the file has not changed since, and is read again all the same

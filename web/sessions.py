@@ -45,12 +45,16 @@ class WatchedToken:
         stamp = self._stamp_now()
         if stamp == self._stamp:
             return self._token
-        self._stamp = stamp
         try:
             token = access_token.read(self.path)
         except (OSError, ConfigError) as error:
             token = None
-            log.error("no access token, so only loopback gets in (%s): run `python -m bin.token rotate`", error)
+            if self._token is not None:  # once, not on every request while it lasts
+                log.error("no access token, so only loopback gets in (%s): run `python -m bin.token rotate`", error)
+        else:
+            # Remembered only after a good read: a failed one (a transient I/O error) is retried on the next call,
+            # instead of leaving everyone locked out until the file changes again.
+            self._stamp = stamp
         if token != self._token:
             self._token = token
             self.generation += 1
