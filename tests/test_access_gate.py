@@ -89,3 +89,13 @@ def test_a_device_without_a_session_does_not_spend_the_change_budget_everyone_sh
     loopback = ("127.0.0.1", 40000)
     assert [http(app, "/todos", method="POST", body=b"title=x", client=loopback)[0] for _ in range(4)] == \
         [200, 200, 200, 429]  # the user's whole burst is still there, and the limit still holds
+
+
+def session_of(gate: AccessGate) -> str:
+    return f"todo-session-{PORT}={gate.sessions.new(token_of(gate))}"
+
+
+@pytest.mark.parametrize("others", ['x={"a":1}', 'a=b c', "theme=dark"])
+def test_the_session_is_found_among_cookies_of_other_apps_on_the_same_host(gate, others):
+    assert http(gate, "/", cookie=f"{others}; {session_of(gate)}; last=1")[0] == 200
+    assert http(gate, "/", cookie=f"{others}; last=1")[0] == 401

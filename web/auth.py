@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from http.cookies import CookieError, SimpleCookie
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 from fasthtml.common import H1, Body, Button, Form, Head, Html, Input, Label, Main, P, Title, to_xml
+from starlette.requests import cookie_parser
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -99,12 +99,9 @@ def without_token(scope: Scope) -> str:
 
 
 def session_cookie(scope: Scope, name: str) -> str | None:
-    cookies = SimpleCookie()
-    try:
-        cookies.load(dict(scope["headers"]).get(b"cookie", b"").decode("latin-1"))
-    except CookieError:
-        return None
-    return cookies[name].value if name in cookies else None
+    # Starlette's lenient parser, as browsers read cookies: SimpleCookie.load silently stops at the first cookie it
+    # dislikes (another app on this host setting `x={"a":1}`), which would hide ours.
+    return cookie_parser(dict(scope["headers"]).get(b"cookie", b"").decode("latin-1")).get(name)
 
 
 def attempt_key(scope: Scope) -> str:
