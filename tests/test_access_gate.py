@@ -99,3 +99,7 @@ def session_of(gate: AccessGate) -> str:
 def test_the_session_is_found_among_cookies_of_other_apps_on_the_same_host(gate, others):
     assert http(gate, "/", cookie=f"{others}; {session_of(gate)}; last=1")[0] == 200
     assert http(gate, "/", cookie=f"{others}; last=1")[0] == 401
+
+
+def test_a_cookie_with_an_absurd_issue_time_gets_the_token_page_not_a_500(gate):
+    assert http(gate, "/", cookie=f"todo-session-{PORT}={'9' * 5000}.nonce.mac")[0] == 401

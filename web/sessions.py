@@ -17,6 +17,7 @@ from services.config import ConfigError
 from web.ratelimit import TokenBucket
 
 SESSION_MAX_AGE_S = 30 * 24 * 3600  # a phone stays signed in for a month, or until the token is rotated
+ISSUED_DIGITS = 12  # a cookie's issue time in whole seconds: enough until the year 33658
 ATTEMPT_BURST = 5  # token attempts one address may make at once...
 ATTEMPTS_PER_S = 0.1  # ... and then one every 10 s
 ATTEMPT_ADDRESSES = 1024  # addresses remembered; the longest idle is forgotten first
@@ -82,7 +83,9 @@ class Sessions:
         if token is None or not cookie or cookie.count(".") != 2:
             return False
         issued, nonce, mac = cookie.split(".")
-        if not (issued.isascii() and issued.isdigit()) or self.clock() - int(issued) > SESSION_MAX_AGE_S:
+        # Bounded before int(): thousands of digits make it raise (Python's int digit limit), a 500 for anyone.
+        if not (issued.isascii() and issued.isdigit() and len(issued) <= ISSUED_DIGITS) \
+                or self.clock() - int(issued) > SESSION_MAX_AGE_S:
             return False
         return hmac.compare_digest(mac.encode(), self._mac(token, f"{issued}.{nonce}").encode())
 
