@@ -4,12 +4,14 @@ for the same rules across real processes)."""
 from __future__ import annotations
 
 import errno
+import socket
 import stat
 
 import pytest
 
 from services import access_token, config
 from services.config import ConfigError
+from web.__main__ import listen
 from web.auth import attempt_key, is_loopback_peer
 from web.sessions import ATTEMPT_BURST, SESSION_MAX_AGE_S, Attempts, Sessions, WatchedToken
 
@@ -132,3 +134,11 @@ def test_a_failed_read_of_the_token_file_is_retried_on_the_next_request(tmp_path
     monkeypatch.setattr(access_token, "read", read_once_failing)
     assert token.current() is None  # the failed read: nobody in, as with a broken file
     assert token.current() == rotated  # the file has not changed since, and is read again all the same
+
+
+def test_a_web_host_of_all_ipv6_addresses_listens_on_ipv4_too_where_the_link_may_point():
+    if not socket.has_dualstack_ipv6():
+        pytest.skip("this machine has no dual-stack IPv6 sockets")
+    with listen("::", 0) as server:
+        with socket.create_connection(("127.0.0.1", server.getsockname()[1]), timeout=5):
+            pass
