@@ -4,10 +4,11 @@ network namespace, as root)."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
-from web.auth import AccessGate
+from web.auth import POLICY_VIOLATION, SESSION_CHECK_S, AccessGate
 
 PHONE = ("10.0.0.2", 50000)  # another device on the network: the gate never lets it in by its address
 PORT = 5001
@@ -103,3 +104,76 @@ def test_the_session_is_found_among_cookies_of_other_apps_on_the_same_host(gate,
 
 def test_a_cookie_with_an_absurd_issue_time_gets_the_token_page_not_a_500(gate):
     assert http(gate, "/", cookie=f"todo-session-{PORT}={'9' * 5000}.nonce.mac")[0] == 401
+
+
+async def echo(scope, receive, send) -> None:
+    """The app's WebSocket, reduced to: accept, then send back every text frame."""
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] == "websocket.receive":
+        await send({"type": "websocket.send", "text": message["text"]})
+
+
+class Tab:
+    """A WebSocket through the gate, driven by hand: what the tab sends in, what the gate lets out."""
+
+    def __init__(self, gate: AccessGate, cookie: str) -> None:
+        self.incoming: asyncio.Queue = asyncio.Queue()
+        self.outgoing: asyncio.Queue = asyncio.Queue()
+        scope = {"type": "websocket", "path": "/ws", "raw_path": b"/ws", "query_string": b"",
+                 "headers": [(b"host", f"10.0.0.1:{PORT}".encode()), (b"cookie", cookie.encode())],
+                 "client": PHONE, "server": ("10.0.0.1", PORT), "scheme": "ws", "root_path": "", "subprotocols": []}
+        self.incoming.put_nowait({"type": "websocket.connect"})
+        self.task = asyncio.create_task(gate(scope, self.incoming.get, self.outgoing.put))
+
+    async def next_out(self, timeout_s: float = 3) -> dict:
+        return await asyncio.wait_for(self.outgoing.get(), timeout_s)
+
+    async def close(self) -> None:
+        self.incoming.put_nowait({"type": "websocket.disconnect", "code": 1001})
+        await asyncio.wait_for(self.task, 5)
+
+
+def test_an_open_websocket_keeps_streaming_after_the_token_file_was_briefly_unreadable(tmp_path, monkeypatch):
+    from services import access_token
+
+    gate = AccessGate(echo, token_path=tmp_path / "web-token", port=PORT)
+    cookie = session_of(gate)
+    real_read = access_token.read
+
+    def unreadable(token_path):
+        raise OSError(5, "Input/output error")
+
+    async def scenario():
+        tab = Tab(gate, cookie)
+        assert (await tab.next_out())["type"] == "websocket.accept"
+        # The token goes away and comes back, between two checks of the gate's once-a-second watcher.
+        monkeypatch.setattr(access_token, "read", unreadable)
+        os.utime(tmp_path / "web-token", ns=(1, 1))  # the file looks changed, so it is read again
+        assert not gate.sessions.valid(cookie.split("=", 1)[1])
+        monkeypatch.setattr(access_token, "read", real_read)
+        assert gate.sessions.valid(cookie.split("=", 1)[1])
+        tab.incoming.put_nowait({"type": "websocket.receive", "text": "still here?"})
+        assert await tab.next_out() == {"type": "websocket.send", "text": "still here?"}
+        await tab.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_open_websocket_is_closed_once_the_token_is_rotated(tmp_path):
+    from services import access_token
+
+    gate = AccessGate(echo, token_path=tmp_path / "web-token", port=PORT)
+
+    async def scenario():
+        tab = Tab(gate, session_of(gate))
+        assert (await tab.next_out())["type"] == "websocket.accept"
+        access_token.rotate(tmp_path / "web-token")
+        assert gate.sessions.accepts(access_token.read(tmp_path / "web-token"))  # a request shows the web the new one
+        tab.incoming.put_nowait({"type": "websocket.receive", "text": "the new user's secret"})
+        # Not one frame more, even before the once-a-second watcher closes it.
+        closed = await tab.next_out(timeout_s=3 * SESSION_CHECK_S)
+        assert closed["type"] == "websocket.close" and closed["code"] == POLICY_VIOLATION
+        await tab.close()
+
+    asyncio.run(scenario())

@@ -183,32 +183,31 @@ class AccessGate:
         return response
 
     async def _serve_websocket(self, session: str, scope: Scope, receive: Receive, send: Send) -> None:
-        """The app's WebSocket, closed (1008) once its session ends: after a rotation not one more frame goes out."""
-        lock = asyncio.Lock()  # a close never lands in the middle of a frame being sent
-        ended = False
-        generation = self.sessions.token.generation
+        """The app's WebSocket, closed (1008) within SESSION_CHECK_S once its session ends: after a rotation the web
+        has seen, not one more frame goes out."""
+        seen = self.sessions.token.generation
 
         async def send_while_valid(message: Message) -> None:
-            # Compared per frame without a stat: as soon as any request has shown the web the new token, this
-            # tab gets nothing more, even before the check below closes it.
-            async with lock:
-                if not ended and self.sessions.token.generation == generation:
-                    await send(message)
+            # Per frame (the token-streaming path) one integer compare, no lock and no stat. Only when the token
+            # changed is the session checked: still valid (the file was briefly unreadable, then the same token
+            # again) and frames flow on; not valid and nothing more goes out, while the watcher below closes it.
+            nonlocal seen
+            if self.sessions.token.generation != seen:
+                if not self.sessions.valid(session):
+                    return
+                seen = self.sessions.token.generation
+            await send(message)
 
         async def end_when_invalid() -> None:
-            nonlocal ended
             while self.sessions.valid(session):
                 await asyncio.sleep(SESSION_CHECK_S)
-            async with lock:
-                ended = True
-                try:
-                    await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": "session ended"})
-                except Exception as error:  # the tab had gone already
-                    log.info("closing a WebSocket whose session ended failed (%s)", error)
+            try:
+                await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": "session ended"})
+            except Exception as error:  # the tab had gone already
+                log.info("closing a WebSocket whose session ended failed (%s)", error)
 
         watcher = asyncio.create_task(end_when_invalid())
         try:
             await self.app(scope, receive, send_while_valid)
         finally:
             watcher.cancel()
-
