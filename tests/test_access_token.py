@@ -62,6 +62,18 @@ def test_the_token_is_made_once_0600_and_rotation_replaces_it(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["web-token"]  # no temporary file left behind
 
 
+def test_the_token_is_made_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    def no_hard_links(source, destination):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(access_token.os, "link", no_hard_links)
+    path = tmp_path / "web-token"
+    token = access_token.read_or_create(path)
+    assert access_token.read(path) == token and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert access_token.read_or_create(path) == token
+    assert [p.name for p in tmp_path.iterdir()] == ["web-token"]
+
+
 @pytest.mark.parametrize("content, mode, expected", [
     ("x" * 43, 0o644, "can be read by other users"), ("short", 0o600, "does not hold a token")])
 def test_a_token_file_others_can_read_or_that_holds_no_token_is_refused(tmp_path, content, mode, expected):
