@@ -177,3 +177,21 @@ def test_an_open_websocket_is_closed_once_the_token_is_rotated(tmp_path):
         await tab.close()
 
     asyncio.run(scenario())
+
+
+def test_refused_token_attempts_are_logged_the_first_time_and_then_every_hundredth(gate, caplog):
+    from web.auth import REFUSALS_LOG_EVERY
+    from web.sessions import ATTEMPT_BURST, Attempts
+
+    gate.attempts = Attempts(clock=lambda: 0.0)  # no attempt comes back while the test runs
+    caplog.set_level("WARNING", logger="web.auth")
+    statuses = [http(gate, "/login", method="POST", body=b"token=guess")[0]
+                for _ in range(ATTEMPT_BURST + 2 * REFUSALS_LOG_EVERY)]
+    assert statuses == [401] * ATTEMPT_BURST + [429] * 2 * REFUSALS_LOG_EVERY
+    for _ in range(ATTEMPT_BURST + 2):  # another device: its own first refusal is logged
+        http(gate, "/login", method="POST", body=b"token=guess", client=("10.0.0.3", 5))
+    logged = [record.getMessage() for record in caplog.records if "too many token attempts" in record.getMessage()]
+    assert logged == ["too many token attempts from 10.0.0.2 (1 refused so far)",
+                      "too many token attempts from 10.0.0.2 (100 refused so far)",
+                      "too many token attempts from 10.0.0.2 (200 refused so far)",
+                      "too many token attempts from 10.0.0.3 (1 refused so far)"]

@@ -29,6 +29,7 @@ MAX_FORM_BYTES = 1024  # a token is 43 characters
 SESSION_CHECK_S = 1.0  # how soon an open WebSocket notices that its session ended
 POLICY_VIOLATION = 1008  # WebSocket close code: htmx's ws extension does not reconnect on it
 NO_STORE = {"Cache-Control": "no-store"}
+REFUSALS_LOG_EVERY = 100  # refused attempts from one address: the first is logged, then every hundredth
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,9 @@ class AccessGate:
         # Counted before the comparison, right or wrong: past the limit even the right token waits.
         who = attempt_key(scope)
         if not self.attempts.allow(who):
-            log.warning("too many token attempts from %s", who)
+            refused = self.attempts.refused(who)
+            if refused == 1 or refused % REFUSALS_LOG_EVERY == 0:  # a flood of guesses must not flood the log
+                log.warning("too many token attempts from %s (%d refused so far)", who, refused)
             return login_page("Too many attempts: wait a minute, then try again.", 429)
         token = self.sessions.accepts(candidate or "")
         if token is None:

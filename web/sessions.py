@@ -9,6 +9,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -97,17 +98,30 @@ class Sessions:
         return None
 
 
+@dataclass
+class _Peer:
+    bucket: TokenBucket
+    refused: int = 0  # attempts refused so far (the log says how many)
+
+
 class Attempts:
     """A token bucket per peer address for token attempts: guessing is slow, and one address flooding wrong tokens
     does not lock out the phone."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._peers: OrderedDict[str, _Peer] = OrderedDict()
 
     def allow(self, address: str) -> bool:
-        bucket = self._buckets.pop(address, None) or TokenBucket(ATTEMPTS_PER_S, ATTEMPT_BURST, self.clock)
-        self._buckets[address] = bucket  # newest last
-        while len(self._buckets) > ATTEMPT_ADDRESSES:
-            self._buckets.popitem(last=False)
-        return bucket.take()
+        peer = self._peers.pop(address, None) or _Peer(TokenBucket(ATTEMPTS_PER_S, ATTEMPT_BURST, self.clock))
+        self._peers[address] = peer  # newest last
+        while len(self._peers) > ATTEMPT_ADDRESSES:
+            self._peers.popitem(last=False)
+        if peer.bucket.take():
+            return True
+        peer.refused += 1
+        return False
+
+    def refused(self, address: str) -> int:
+        peer = self._peers.get(address)
+        return peer.refused if peer else 0
