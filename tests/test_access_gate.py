@@ -195,3 +195,12 @@ def test_refused_token_attempts_are_logged_the_first_time_and_then_every_hundred
                       "too many token attempts from 10.0.0.2 (100 refused so far)",
                       "too many token attempts from 10.0.0.2 (200 refused so far)",
                       "too many token attempts from 10.0.0.3 (1 refused so far)"]
+
+
+def test_without_a_session_only_what_the_token_page_and_a_home_screen_icon_load_is_served(gate):
+    from web.auth import PUBLIC_PATHS
+
+    assert PUBLIC_PATHS == {"/static/app.css", "/static/favicon.svg", "/static/manifest.webmanifest",
+                            "/static/icon-192.png", "/static/icon-512.png", "/static/apple-touch-icon.png"}
+    assert http(gate, "/static/icon-192.png")[0] == 200
+    assert http(gate, "/static/app.js")[0] == 401

@@ -6,6 +6,7 @@ token (`python -m bin.token rotate`) ends every session, open WebSockets include
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
@@ -21,10 +22,6 @@ from web.sessions import ATTEMPTS_PER_S, SESSION_MAX_AGE_S, Attempts, Sessions, 
 
 SESSION_COOKIE = "todo-session-{port}"  # cookies are per host, not per port: two copies of the app keep theirs apart
 LOGIN_PATH = "/login"
-# What the login page and a home-screen icon load. None of it reveals a todo or a message; browsers fetch the
-# manifest without cookies, so it must be public anyway.
-PUBLIC_PATHS = frozenset({"/static/app.css", "/static/favicon.svg", "/static/manifest.webmanifest",
-                          "/static/icon-192.png", "/static/icon-512.png", "/static/apple-touch-icon.png"})
 MAX_FORM_BYTES = 1024  # a token is 43 characters
 SESSION_CHECK_S = 1.0  # how soon an open WebSocket notices that its session ended
 POLICY_VIOLATION = 1008  # WebSocket close code: htmx's ws extension does not reconnect on it
@@ -32,6 +29,18 @@ NO_STORE = {"Cache-Control": "no-store"}
 REFUSALS_LOG_EVERY = 100  # refused attempts from one address: the first is logged, then every hundredth
 
 log = logging.getLogger(__name__)
+
+
+def public_paths() -> frozenset[str]:
+    """What the login page and a home-screen icon load: the files the page head links, and the manifest's icons
+    (read from both, so neither list is kept twice). None of it reveals a todo or a message; browsers fetch the
+    manifest without cookies, so it must be public anyway."""
+    linked = {element.attrs["href"] for element in PAGE_HEAD if "href" in element.attrs}
+    manifest = json.loads((Path(__file__).parent / "static" / "manifest.webmanifest").read_text(encoding="utf-8"))
+    return frozenset(linked | {icon["src"] for icon in manifest["icons"]})
+
+
+PUBLIC_PATHS = public_paths()
 
 
 def peer_address(scope: Scope) -> IPv4Address | IPv6Address | None:
