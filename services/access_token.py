@@ -45,20 +45,29 @@ def read(token_path: Path) -> str:
     return token
 
 
+def _create(file_path: Path, token: str) -> None:
+    """`file_path`, new (FileExistsError if it is there), 0600 from the start, holding `token` on disk."""
+    descriptor = os.open(file_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as file:
+        file.write(token + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
 def _write_new(token_path: Path, exclusive: bool) -> str:
     token = secrets.token_urlsafe(32)
     token_path.parent.mkdir(parents=True, exist_ok=True)
     # Written to a private temporary file, then renamed over the old one: a reader sees the old token or the new
     # one, never half of one, and the new inode tells the running web that it changed.
     temporary = token_path.with_name(f".{token_path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="ascii") as file:
-        file.write(token + "\n")
-        file.flush()
-        os.fsync(file.fileno())
+    _create(temporary, token)
     if exclusive:
         try:
             os.link(temporary, token_path)  # fails if the file appeared meanwhile: the other writer's token wins
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links on this filesystem (FAT, some network and FUSE mounts)
+            _create(token_path, token)  # still exclusive; a reader racing this first write may see it empty
         finally:
             temporary.unlink()
     else:

@@ -3,12 +3,15 @@ its rotation, session cookies signed with the token, and the per-address limit o
 for the same rules across real processes)."""
 from __future__ import annotations
 
+import errno
+import socket
 import stat
 
 import pytest
 
 from services import access_token, config
 from services.config import ConfigError
+from web.__main__ import listen
 from web.auth import attempt_key, is_loopback_peer
 from web.sessions import ATTEMPT_BURST, SESSION_MAX_AGE_S, Attempts, Sessions, WatchedToken
 
@@ -59,6 +62,18 @@ def test_the_token_is_made_once_0600_and_rotation_replaces_it(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["web-token"]  # no temporary file left behind
 
 
+def test_the_token_is_made_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    def no_hard_links(source, destination):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(access_token.os, "link", no_hard_links)
+    path = tmp_path / "web-token"
+    token = access_token.read_or_create(path)
+    assert access_token.read(path) == token and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert access_token.read_or_create(path) == token
+    assert [p.name for p in tmp_path.iterdir()] == ["web-token"]
+
+
 @pytest.mark.parametrize("content, mode, expected", [
     ("x" * 43, 0o644, "can be read by other users"), ("short", 0o600, "does not hold a token")])
 def test_a_token_file_others_can_read_or_that_holds_no_token_is_refused(tmp_path, content, mode, expected):
@@ -77,7 +92,7 @@ def test_a_session_is_valid_until_it_is_tampered_with_expires_or_the_token_rotat
     assert sessions.valid(cookie)
     issued, nonce, mac = cookie.split(".")
     forgeries = (f"{issued}.{nonce}.{'0' * len(mac)}", f"{int(issued) + 1}.{nonce}.{mac}",
-                 f"²{issued}.{nonce}.{mac}", "", "a.b", None)
+                 f"²{issued}.{nonce}.{mac}", f"{'9' * 5000}.{nonce}.{mac}", "", "a.b", None)
     for forged in forgeries:
         assert not sessions.valid(forged)
     assert sessions.accepts(token) == token and sessions.accepts(token[:-1]) is None
@@ -99,16 +114,43 @@ def test_attempts_are_limited_per_address(tmp_path):
     assert attempts.allow("10.0.0.2") and not attempts.allow("10.0.0.2")
 
 
-def test_attempts_from_one_ipv6_network_count_together():
-    # One device on IPv6 can pick any address of its /64: counting per address would not slow it down.
-    assert attempt_key({"client": ("fd00::1:2", 5)}) == attempt_key({"client": ("fd00::9", 6)}) == "fd00::/64"
-    assert attempt_key({"client": ("10.0.0.2", 5)}) == "10.0.0.2"
+def test_attempts_are_counted_per_device_address_not_per_network():
+    # Every IPv6 device of a home network shares its /64; IPv4 peers of a dual-stack socket come as ::ffff:a.b.c.d.
+    keys = [attempt_key({"client": (peer, 5)}) for peer in ("fd00::1:2", "fd00::9", "::ffff:10.0.0.2",
+                                                            "::ffff:10.0.0.3", "10.0.0.2")]
+    assert keys == ["fd00::1:2", "fd00::9", "10.0.0.2", "10.0.0.3", "10.0.0.2"]
 
 
-def test_a_missing_token_file_lets_nobody_in_until_a_rotation(tmp_path):
+def test_a_missing_token_file_lets_nobody_in_until_a_rotation(tmp_path, caplog):
     token = WatchedToken(tmp_path / "web-token")
     assert token.current() is not None
     (tmp_path / "web-token").unlink()
-    assert token.current() is None and token.generation == 1
+    assert [token.current() for _ in range(3)] == [None] * 3 and token.generation == 1
+    assert sum("no access token" in record.message for record in caplog.records) == 1  # said once, not per request
     access_token.rotate(tmp_path / "web-token")
     assert token.current() == access_token.read(tmp_path / "web-token") and token.generation == 2
+
+
+def test_a_failed_read_of_the_token_file_is_retried_on_the_next_request(tmp_path, monkeypatch):
+    path = tmp_path / "web-token"
+    token = WatchedToken(path)
+    rotated = access_token.rotate(path)
+    real_read = access_token.read
+    failures = iter([OSError(errno.EIO, "Input/output error")])
+
+    def read_once_failing(token_path):
+        for error in failures:
+            raise error
+        return real_read(token_path)
+
+    monkeypatch.setattr(access_token, "read", read_once_failing)
+    assert token.current() is None  # the failed read: nobody in, as with a broken file
+    assert token.current() == rotated  # the file has not changed since, and is read again all the same
+
+
+def test_a_web_host_of_all_ipv6_addresses_listens_on_ipv4_too_where_the_link_may_point():
+    if not socket.has_dualstack_ipv6():
+        pytest.skip("this machine has no dual-stack IPv6 sockets")
+    with listen("::", 0) as server:
+        with socket.create_connection(("127.0.0.1", server.getsockname()[1]), timeout=5):
+            pass

@@ -21,7 +21,10 @@ def listen(host: str, port: int) -> socket.socket:
     """Bind the page's port here rather than in uvicorn, so a port in use is one clear line, not a traceback."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, reuse_port=False)
+        # "::" means every address, as it does to services/access_token.py, whose link may name an IPv4 one; a
+        # plain IPv6 socket would be IPv6-only (create_server sets IPV6_V6ONLY).
+        dualstack = host == "::" and socket.has_dualstack_ipv6()
+        return socket.create_server((host, port), family=family, reuse_port=False, dualstack_ipv6=dualstack)
     except socket.gaierror as error:
         raise StartupError(f"WEB_HOST={host!r} is not an address of this machine ({error.strerror})") from None
     except OSError as error:

@@ -17,19 +17,17 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from services import access_token, curve, protocol
+from services import curve, protocol
 from services.busclient import Publisher, Subscriber
 from services.tasks import supervised
 from services.config import Settings
 from store import Store
 from store.db import MAX_INTEGER
 from web.clients import Clients
-from web.auth import AccessGate
 from web.components import PAGE_HEAD, ChatForm, ChatHistory, ChatLog, Page, Status, UserMessage, oob
-from web.guard import RATE_LIMITED_HEADERS, Guard, allowed_hosts
+from web.guard import RATE_LIMITED_HEADERS, add_perimeter
 from web.inputs import MAX_MESSAGE_CHARS, InputError, clean_text, invalid, shown, whole_number
 from web.journal import Journal
-from web.ratelimit import TokenBucket
 from web.relay import Relay
 from web import todos, workers
 
@@ -132,10 +130,7 @@ def create_app(settings: Settings) -> FastHTML:
     )
     app.state.relay, app.state.clients, app.state.store = relay, clients, store
     app.add_exception_handler(sqlite3.OperationalError, database_unavailable)
-    if access_token.required(settings):  # added first, so it runs inside the Guard (Host, Origin, CSP)
-        app.add_middleware(AccessGate, token_path=access_token.path(settings), port=settings.web_port)
-    app.add_middleware(Guard, hosts=allowed_hosts(settings.allowed_hosts, settings.web_port),
-                       bucket=TokenBucket(settings.actions_per_s, settings.action_burst))
+    add_perimeter(app, settings)
 
     # Every route is `async def` on purpose: FastHTML runs plain `def` routes in a thread pool, and the store's
     # connection and the PUB socket belong to the event loop's thread.

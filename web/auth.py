@@ -6,13 +6,14 @@ token (`python -m bin.token rotate`) ends every session, open WebSockets include
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from http.cookies import CookieError, SimpleCookie
-from ipaddress import IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 from fasthtml.common import H1, Body, Button, Form, Head, Html, Input, Label, Main, P, Title, to_xml
+from starlette.requests import cookie_parser
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,29 +22,44 @@ from web.sessions import ATTEMPTS_PER_S, SESSION_MAX_AGE_S, Attempts, Sessions, 
 
 SESSION_COOKIE = "todo-session-{port}"  # cookies are per host, not per port: two copies of the app keep theirs apart
 LOGIN_PATH = "/login"
-# What the login page and a home-screen icon load. None of it reveals a todo or a message; browsers fetch the
-# manifest without cookies, so it must be public anyway.
-PUBLIC_PATHS = frozenset({"/static/app.css", "/static/favicon.svg", "/static/manifest.webmanifest",
-                          "/static/icon-192.png", "/static/icon-512.png", "/static/apple-touch-icon.png"})
 MAX_FORM_BYTES = 1024  # a token is 43 characters
 SESSION_CHECK_S = 1.0  # how soon an open WebSocket notices that its session ended
 POLICY_VIOLATION = 1008  # WebSocket close code: htmx's ws extension does not reconnect on it
 NO_STORE = {"Cache-Control": "no-store"}
+REFUSALS_LOG_EVERY = 100  # refused attempts from one address: the first is logged, then every hundredth
 
 log = logging.getLogger(__name__)
 
 
-def is_loopback_peer(scope: Scope) -> bool:
+def public_paths() -> frozenset[str]:
+    """What the login page and a home-screen icon load: the files the page head links, and the manifest's icons
+    (read from both, so neither list is kept twice). None of it reveals a todo or a message; browsers fetch the
+    manifest without cookies, so it must be public anyway."""
+    linked = {element.attrs["href"] for element in PAGE_HEAD if "href" in element.attrs}
+    manifest = json.loads((Path(__file__).parent / "static" / "manifest.webmanifest").read_text(encoding="utf-8"))
+    return frozenset(linked | {icon["src"] for icon in manifest["icons"]})
+
+
+PUBLIC_PATHS = public_paths()
+
+
+def peer_address(scope: Scope) -> IPv4Address | IPv6Address | None:
+    """The connection's peer, an IPv4-mapped IPv6 address (a dual-stack socket's IPv4 peer) as plain IPv4."""
     client = scope.get("client")
     if not client:
-        return False  # a Unix socket or a server that does not say: not provably this machine
+        return None  # a Unix socket or a server that does not say
     try:
         address = ip_address(client[0])
     except ValueError:
-        return False
+        return None
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+        return address.ipv4_mapped
+    return address
+
+
+def is_loopback_peer(scope: Scope) -> bool:
+    address = peer_address(scope)
+    return address is not None and address.is_loopback  # no address: not provably this machine
 
 
 def login_page(message: str = "", status_code: int = 401) -> HTMLResponse:
@@ -84,29 +100,26 @@ def link_token(scope: Scope) -> str | None:
 
 
 def without_token(scope: Scope) -> str:
-    """The request's path and query string with the token taken out: where a link with the token redirects."""
+    """The request's path and query string with the token taken out: where a link with the token redirects. Always
+    one leading slash: `GET //evil.example/?token=…` (or `/%2F/evil.example`, which the server decodes to `//`)
+    must not redirect to the scheme-relative `//evil.example/`, another site. (RedirectResponse percent-encodes a
+    backslash or a tab, so neither can turn into a second slash in the browser.)"""
     query = [(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1")) if k != "token"]
-    return scope["path"] + (f"?{urlencode(query)}" if query else "")
+    return "/" + scope["path"].lstrip("/") + (f"?{urlencode(query)}" if query else "")
 
 
 def session_cookie(scope: Scope, name: str) -> str | None:
-    cookies = SimpleCookie()
-    try:
-        cookies.load(dict(scope["headers"]).get(b"cookie", b"").decode("latin-1"))
-    except CookieError:
-        return None
-    return cookies[name].value if name in cookies else None
+    # Starlette's lenient parser, as browsers read cookies: SimpleCookie.load silently stops at the first cookie it
+    # dislikes (another app on this host setting `x={"a":1}`), which would hide ours.
+    return cookie_parser(dict(scope["headers"]).get(b"cookie", b"").decode("latin-1")).get(name)
 
 
 def attempt_key(scope: Scope) -> str:
-    """Whom token attempts are counted for: the peer address, or its /64 for IPv6, where one device can use a
-    whole network's worth of addresses."""
-    peer = (scope.get("client") or ("unknown",))[0]
-    try:
-        address = ip_address(peer)
-    except ValueError:
-        return peer
-    return str(ip_network(f"{address}/64", strict=False)) if address.version == 6 else peer
+    """Whom token attempts are counted for: the full peer address, an IPv4-mapped one as its IPv4 address. Not the
+    IPv6 /64: every device of a home network shares one, so one guesser would lock out the phone. (A device that
+    walks its /64 gets more attempts, but against a 256-bit token that buys nothing.)"""
+    address = peer_address(scope)
+    return str(address) if address is not None else str((scope.get("client") or ("unknown",))[0])
 
 
 async def read_form_token(receive: Receive) -> str | None:
@@ -168,7 +181,9 @@ class AccessGate:
         # Counted before the comparison, right or wrong: past the limit even the right token waits.
         who = attempt_key(scope)
         if not self.attempts.allow(who):
-            log.warning("too many token attempts from %s", who)
+            refused = self.attempts.refused(who)
+            if refused == 1 or refused % REFUSALS_LOG_EVERY == 0:  # a flood of guesses must not flood the log
+                log.warning("too many token attempts from %s (%d refused so far)", who, refused)
             return login_page("Too many attempts: wait a minute, then try again.", 429)
         token = self.sessions.accepts(candidate or "")
         if token is None:
@@ -180,32 +195,31 @@ class AccessGate:
         return response
 
     async def _serve_websocket(self, session: str, scope: Scope, receive: Receive, send: Send) -> None:
-        """The app's WebSocket, closed (1008) once its session ends: after a rotation not one more frame goes out."""
-        lock = asyncio.Lock()  # a close never lands in the middle of a frame being sent
-        ended = False
-        generation = self.sessions.token.generation
+        """The app's WebSocket, closed (1008) within SESSION_CHECK_S once its session ends: after a rotation the web
+        has seen, not one more frame goes out."""
+        seen = self.sessions.token.generation
 
         async def send_while_valid(message: Message) -> None:
-            # Compared per frame without a stat: as soon as any request has shown the web the new token, this
-            # tab gets nothing more, even before the check below closes it.
-            async with lock:
-                if not ended and self.sessions.token.generation == generation:
-                    await send(message)
+            # Per frame (the token-streaming path) one integer compare, no lock and no stat. Only when the token
+            # changed is the session checked: still valid (the file was briefly unreadable, then the same token
+            # again) and frames flow on; not valid and nothing more goes out, while the watcher below closes it.
+            nonlocal seen
+            if self.sessions.token.generation != seen:
+                if not self.sessions.valid(session):
+                    return
+                seen = self.sessions.token.generation
+            await send(message)
 
         async def end_when_invalid() -> None:
-            nonlocal ended
             while self.sessions.valid(session):
                 await asyncio.sleep(SESSION_CHECK_S)
-            async with lock:
-                ended = True
-                try:
-                    await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": "session ended"})
-                except Exception as error:  # the tab had gone already
-                    log.info("closing a WebSocket whose session ended failed (%s)", error)
+            try:
+                await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": "session ended"})
+            except Exception as error:  # the tab had gone already
+                log.info("closing a WebSocket whose session ended failed (%s)", error)
 
         watcher = asyncio.create_task(end_when_invalid())
         try:
             await self.app(scope, receive, send_while_valid)
         finally:
             watcher.cancel()
-

@@ -1,14 +1,19 @@
 """The web's perimeter, as ASGI middleware. Refuses what a page on another site could make the browser send: a Host
 that is not ours (DNS rebinding) gets 400; a WebSocket upgrade or a state-changing request whose Origin is another
 site (cross-site WebSocket hijacking, CSRF) gets 403. Requests without an Origin (curl, scripts) are not from a
-browser page and pass. State changes beyond the rate limit get 429. Every response carries a Content-Security-Policy
-that allows only this origin's own scripts, styles and connections: no inline script, nothing from elsewhere."""
+browser page and pass. State changes beyond the rate limit get 429 (ChangeLimit, inside the access gate). Every
+response carries a Content-Security-Policy that allows only this origin's own scripts, styles and connections: no
+inline script, nothing from elsewhere."""
 from __future__ import annotations
 
+from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services import access_token
+from services.config import Settings
+from web.auth import AccessGate
 from web.ratelimit import TokenBucket
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -32,12 +37,21 @@ def allowed_hosts(names: list[str], port: int) -> set[str]:
     return {f"{name}:{port}" for name in names} | (set(names) if port == 80 else set())
 
 
+def add_perimeter(app: Starlette, settings: Settings) -> None:
+    """The middleware, outermost last: the Guard (Host, Origin, CSP), then the access gate when the web listens beyond
+    loopback, then the rate limit. The limit is innermost because its budget is shared by every user: a device the
+    gate refuses must not spend it, or a phone with no token could make everyone's edits 429."""
+    app.add_middleware(ChangeLimit, bucket=TokenBucket(settings.actions_per_s, settings.action_burst))
+    if access_token.required(settings):
+        app.add_middleware(AccessGate, token_path=access_token.path(settings), port=settings.web_port)
+    app.add_middleware(Guard, hosts=allowed_hosts(settings.allowed_hosts, settings.web_port))
+
+
 class Guard:
-    def __init__(self, app: ASGIApp, hosts: set[str], bucket: TokenBucket) -> None:
+    def __init__(self, app: ASGIApp, hosts: set[str]) -> None:
         self.app = app
         self.hosts = hosts
         self.origins = {f"http://{host}" for host in hosts}
-        self.bucket = bucket
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -69,7 +83,20 @@ class Guard:
         origin = headers.get("origin")
         if changes_state and origin is not None and origin.lower() not in self.origins:
             return PlainTextResponse("Cross-origin request refused.", 403)
-        if changes_state and not is_websocket and not self.bucket.take():
-            return PlainTextResponse("Too many changes at once: slow down a little.", 429,
-                                     headers=RATE_LIMITED_HEADERS)
         return None
+
+
+class ChangeLimit:
+    """State-changing HTTP requests beyond ACTIONS_PER_S (bursts of ACTION_BURST) get 429."""
+
+    def __init__(self, app: ASGIApp, bucket: TokenBucket) -> None:
+        self.app = app
+        self.bucket = bucket
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method", "GET") not in SAFE_METHODS and not self.bucket.take():
+            response = PlainTextResponse("Too many changes at once: slow down a little.", 429,
+                                         headers=RATE_LIMITED_HEADERS)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -9,6 +9,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +18,7 @@ from services.config import ConfigError
 from web.ratelimit import TokenBucket
 
 SESSION_MAX_AGE_S = 30 * 24 * 3600  # a phone stays signed in for a month, or until the token is rotated
+ISSUED_DIGITS = 12  # a cookie's issue time in whole seconds: enough until the year 33658
 ATTEMPT_BURST = 5  # token attempts one address may make at once...
 ATTEMPTS_PER_S = 0.1  # ... and then one every 10 s
 ATTEMPT_ADDRESSES = 1024  # addresses remembered; the longest idle is forgotten first
@@ -45,12 +47,16 @@ class WatchedToken:
         stamp = self._stamp_now()
         if stamp == self._stamp:
             return self._token
-        self._stamp = stamp
         try:
             token = access_token.read(self.path)
         except (OSError, ConfigError) as error:
             token = None
-            log.error("no access token, so only loopback gets in (%s): run `python -m bin.token rotate`", error)
+            if self._token is not None:  # once, not on every request while it lasts
+                log.error("no access token, so only loopback gets in (%s): run `python -m bin.token rotate`", error)
+        else:
+            # Remembered only after a good read: a failed one (a transient I/O error) is retried on the next call,
+            # instead of leaving everyone locked out until the file changes again.
+            self._stamp = stamp
         if token != self._token:
             self._token = token
             self.generation += 1
@@ -78,7 +84,9 @@ class Sessions:
         if token is None or not cookie or cookie.count(".") != 2:
             return False
         issued, nonce, mac = cookie.split(".")
-        if not (issued.isascii() and issued.isdigit()) or self.clock() - int(issued) > SESSION_MAX_AGE_S:
+        # Bounded before int(): thousands of digits make it raise (Python's int digit limit), a 500 for anyone.
+        if not (issued.isascii() and issued.isdigit() and len(issued) <= ISSUED_DIGITS) \
+                or self.clock() - int(issued) > SESSION_MAX_AGE_S:
             return False
         return hmac.compare_digest(mac.encode(), self._mac(token, f"{issued}.{nonce}").encode())
 
@@ -90,17 +98,30 @@ class Sessions:
         return None
 
 
+@dataclass
+class _Peer:
+    bucket: TokenBucket
+    refused: int = 0  # attempts refused so far (the log says how many)
+
+
 class Attempts:
     """A token bucket per peer address for token attempts: guessing is slow, and one address flooding wrong tokens
     does not lock out the phone."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._peers: OrderedDict[str, _Peer] = OrderedDict()
 
     def allow(self, address: str) -> bool:
-        bucket = self._buckets.pop(address, None) or TokenBucket(ATTEMPTS_PER_S, ATTEMPT_BURST, self.clock)
-        self._buckets[address] = bucket  # newest last
-        while len(self._buckets) > ATTEMPT_ADDRESSES:
-            self._buckets.popitem(last=False)
-        return bucket.take()
+        peer = self._peers.pop(address, None) or _Peer(TokenBucket(ATTEMPTS_PER_S, ATTEMPT_BURST, self.clock))
+        self._peers[address] = peer  # newest last
+        while len(self._peers) > ATTEMPT_ADDRESSES:
+            self._peers.popitem(last=False)
+        if peer.bucket.take():
+            return True
+        peer.refused += 1
+        return False
+
+    def refused(self, address: str) -> int:
+        peer = self._peers.get(address)
+        return peer.refused if peer else 0
