@@ -85,8 +85,8 @@ class ModelMissing(OllamaError):
 
 
 def model_missing(model: str) -> OllamaError:
-    return ModelMissing(f"Model {model} is not installed in Ollama: run `ollama pull {model}`, or set OLLAMA_MODEL "
-                       "to an installed chat model.", model)
+    return ModelMissing(f"Model {model} is not installed in Ollama: pull it (Pull in the page, or `ollama pull "
+                        f"{model}`), or set OLLAMA_MODEL to an installed chat model.", model)
 
 
 def parameter_count(size: str) -> float:
