@@ -57,7 +57,9 @@ class Progress:
         self.samples: deque[tuple[float, int]] = deque()  # (monotonic time, completed bytes)
 
     def update(self, line: dict) -> None:
-        self.status = valid_unicode(str(line.get("status", "")))[:MAX_STATUS_CHARS] or self.status
+        status = line.get("status")
+        if isinstance(status, str) and status:
+            self.status = valid_unicode(status)[:MAX_STATUS_CHARS]
         digest, total, completed = line.get("digest"), line.get("total"), line.get("completed", 0)
         if isinstance(digest, str) and _is_count(total) and _is_count(completed):  # `completed` is absent at first
             if digest[:100] not in self.layers:

@@ -8,6 +8,7 @@ import re
 import httpx
 import pytest
 
+from llm_worker.models import Progress
 from tests.fake_ollama import EMBEDDING_MODEL, FakeModel, FakeOllama
 from tests.system import HTMX, Tab, running
 
@@ -203,3 +204,19 @@ def test_a_worker_restart_resumes_the_pull_where_it_stopped(tmp_path, fake):
             tab.wait_for_text("Pulled fresh.", timeout_s=15)
         finally:
             tab.close()
+
+
+def test_pull_progress_sums_the_layers_and_a_resumed_layer_is_not_counted_as_speed():
+    progress = Progress()
+    progress.update({"status": "pulling manifest"})
+    progress.update({"status": "pulling 0123", "digest": "sha256:0123", "total": 1000})  # `completed` not yet sent
+    progress.update({"status": "pulling 0123", "digest": "sha256:0123", "total": 1000, "completed": 600})
+    progress.update({"status": "pulling 4567", "digest": "sha256:4567", "total": 50, "completed": 50})
+    assert (progress.completed, progress.total, progress.status) == (650, 1050, "pulling 4567")
+    resumed = Progress()  # a pull that finds 600 bytes already there: none of them arrived just now
+    resumed.update({"status": "pulling 0123", "digest": "sha256:0123", "total": 1000, "completed": 600})
+    assert resumed.bytes_per_s == 0.0
+    for bad in ({"digest": "sha256:x", "total": -1, "completed": 5}, {"digest": "sha256:y", "total": True},
+                {"digest": 7, "total": 10, "completed": 1}, {"status": ["not", "text"]}):
+        resumed.update(bad)  # a hostile or odd line changes no count
+    assert (resumed.completed, resumed.total, resumed.status) == (600, 1000, "pulling 0123")
