@@ -19,6 +19,7 @@ from services.text import valid_unicode
 from services.protocol import MODEL_NAME
 from llm_worker.ollama import OllamaClient, OllamaError
 
+MODELS_REFRESH_S = 30.0  # the installed models are listed again this often (someone may `ollama pull` meanwhile)
 PROGRESS_EVERY_S = 0.25  # Ollama sends a line per chunk it receives: the bus and every tab get a few a second
 SPEED_WINDOW_S = 3.0  # the speed shown is the bytes received over about this long
 MAX_STATUS_CHARS = 200

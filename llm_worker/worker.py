@@ -20,7 +20,7 @@ from services.tasks import supervised
 from services.text import MAX_REPLY_CHARS
 from llm_worker.conversation import Applied, Conversation
 from llm_worker.link import JournalLink
-from llm_worker.models import ModelChoice, Pulls
+from llm_worker.models import MODELS_REFRESH_S, ModelChoice, Pulls
 from llm_worker.ollama import ModelMissing, OllamaClient, OllamaError
 from llm_worker.tokens import TokenBatch
 
@@ -326,7 +326,11 @@ class Worker:
     # status
 
     async def _heartbeat(self) -> None:
+        listed_at = time.monotonic()
         while True:
+            if time.monotonic() - listed_at > MODELS_REFRESH_S:
+                listed_at = time.monotonic()
+                self._switch_check()  # lists the models again (the page's select), and loads nothing new
             self.link.heartbeat()
             self._publish_status()
             self.pulls.beat()
