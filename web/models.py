@@ -111,8 +111,8 @@ def PullStatus(pull: Pull | None, outcome: str, missing: str):
         return Div(
             P(f"Pulling {pull.model}: {pull.status}"),
             # The bar people see; the element around it is what assistive technology (and the tests) read.
-            Div(Progress(value=pull.percent, max=100, aria_hidden="true"), role="progressbar", aria_label=f"Pulling {pull.model}",
-                aria_valuemin=0, aria_valuemax=100, aria_valuenow=pull.percent,
+            Div(Progress(value=pull.percent, max=100, aria_hidden="true"), role="progressbar",
+                aria_label=f"Pulling {pull.model}", aria_valuemin=0, aria_valuemax=100, aria_valuenow=pull.percent,
                 aria_valuetext=f"{pull.percent}%, {amount}", cls="pull-bar"),
             P(amount, cls="pull-bytes"),
             Button("Cancel pull", type="button", hx_post="/pull/cancel", hx_swap="none"),
@@ -170,11 +170,11 @@ class ModelPanel:
 
     def resync(self) -> str:
         """What a (re)connecting tab is sent: the picker and the pull as they are now."""
-        return to_xml((oob(self.picker()), oob(self.status())))
+        return to_xml((oob(self.picker()), oob(self.status())), indent=False)
 
     def show(self) -> None:
         """Send every tab what changed (a heartbeat changes nothing, most of the time)."""
-        shown = (to_xml(oob(self.picker())), to_xml(oob(self.status())))
+        shown = (to_xml(oob(self.picker()), indent=False), to_xml(oob(self.status()), indent=False))
         changed = [markup for markup, before in zip(shown, self._shown) if markup != before]
         self._shown = shown
         if changed:
@@ -316,7 +316,7 @@ def add_routes(app: FastHTML, panel: ModelPanel) -> None:
             return invalid(panel.picker(str(error)))
         if model != panel.in_use() or model != panel.journal.chosen_model():
             panel.choose(model)
-        return HTMLResponse(to_xml(ModelPicker(panel.installed(), model, False)))
+        return HTMLResponse(to_xml(ModelPicker(panel.installed(), model, False), indent=False))
 
     @app.post("/pull")
     async def pull_model(form: dict):
