@@ -116,7 +116,7 @@ def PullStatus(pull: Pull | None, outcome: str, missing: str):
                 aria_valuetext=f"{pull.percent}%, {amount}", cls="pull-bar"),
             P(amount, cls="pull-bytes"),
             Button("Cancel pull", type="button", hx_post="/pull/cancel", hx_swap="none"),
-            id="pull-status", aria_live="polite",
+            id="pull-status",  # not a live region: it changes several times a second (the outcome is an alert)
         )
     offer = None
     if missing:
@@ -124,7 +124,7 @@ def PullStatus(pull: Pull | None, outcome: str, missing: str):
                   # Answered like the field's Pull: an error shows under the field.
                   Button(f"Pull {missing}", type="button", hx_post="/pull", hx_vals=json.dumps({"model": missing}),
                          hx_target="#pull-form", hx_swap="outerHTML"))
-    return Div(P(outcome, role="alert") if outcome else None, offer, id="pull-status", aria_live="polite")
+    return Div(P(outcome, role="alert") if outcome else None, offer, id="pull-status")
 
 
 class ModelPanel:
@@ -232,7 +232,7 @@ class ModelPanel:
         pull.heard_at, pull.worker_id = time.monotonic(), worker_id
         if state == "pulling":
             completed, total, speed = data["completed"], data["total"], data["bytes_per_s"]
-            if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and n >= 0
+            if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and 0 <= n < 2**63  # not NaN or inf
                        for n in (completed, total, speed)):
                 raise ValueError("pull progress is not counts")
             pull.completed, pull.total, pull.bytes_per_s = int(completed), int(total), float(speed)
