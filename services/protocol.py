@@ -69,14 +69,16 @@ Models (issue 12; the web's side is web/models.py, the worker's llm_worker/model
   so it survives restarts. OLLAMA_MODEL in a worker's environment wins over the choice.
 - Each worker's llm.status also carries `models` (its Ollama's installed chat models, never embedding models),
   `pinned` (OLLAMA_MODEL is set) and `missing` (the model it wants and cannot find, else "").
-- Pulling: the web picks one live worker and publishes `control.pull` {pull_id, model, worker_id}; only that
+- Pulling (one at a time): the web picks one live worker (heard within 3.5 heartbeats; the lowest worker_id: any will
+  do, and the rule is simple to follow in a log) and publishes `control.pull` {pull_id, model, worker_id}; only that
   worker pulls (Ollama's streaming /api/pull) and publishes `llm.pull` {pull_id, model, state, status, completed,
   total, bytes_per_s, error} at least every heartbeat while pulling (state "pulling"), then once with state "done",
-  "failed" (error: a message a person can act on) or "cancelled". A pull not heard of for a few heartbeats (the
-  worker died, or the control message was dropped) is sent again, to the same or another live worker: Ollama
-  resumes a pull where it stopped. `control.cancel` {pull_id} stops it (the worker closes the stream, which stops
-  Ollama). A worker ignores a control.pull for a pull it is already running. After a pull succeeds the web
-  publishes `control.model` again, so every worker lists its models again and a missing model is used at once.
+  "failed" (error: a message a person can act on) or "cancelled". A pull not heard of for a few heartbeats (the worker
+  died, or the control message was dropped) is sent again, to the same or another live worker: Ollama resumes a pull
+  where it stopped. `control.cancel` {pull_id} stops it (the worker closes the stream, which stops Ollama). A worker
+  ignores a control.pull for a pull it is already running; a web that restarted adopts a pull it hears of, so the tabs
+  show it again. After a pull succeeds the web publishes `control.model` again, so every worker lists its models again
+  and a missing model is used at once.
 """
 from __future__ import annotations
 
