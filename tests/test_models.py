@@ -166,14 +166,17 @@ def test_cancel_pull_closes_the_download_and_every_tab_says_so(tmp_path, fake):
             tab.close()
 
 
-@pytest.mark.parametrize("model, knob, message", [
+@pytest.mark.parametrize("model, fault, message", [
     ("no-such-model", None, "Ollama has no model named no-such-model (pull model manifest: file does not exist)"),
-    ("fresh", 10_000_000, "The connection to Ollama broke while pulling fresh"),
+    ("fresh", "broken", "The connection to Ollama broke while pulling fresh"),
+    ("fresh", "down", "Could not pull fresh: Ollama is not reachable at"),
 ])
-def test_an_unknown_name_or_a_network_failure_gives_one_clear_message(tmp_path, fake, model, knob, message):
-    fake.pull_knobs.break_at_bytes = knob
+def test_an_unknown_name_or_a_network_failure_gives_one_clear_message(tmp_path, fake, model, fault, message):
+    fake.pull_knobs.break_at_bytes = 10_000_000 if fault == "broken" else None
     with running(tmp_path, fake.url) as app:
         app.bus.wait_for("llm.status", timeout_s=15, state="ready")
+        if fault == "down":
+            fake.stop()
         tab = Tab(app.ws_url)
         try:
             assert httpx.post(app.url + "/pull", data={"model": model}, headers=HTMX, timeout=5).status_code == 200
