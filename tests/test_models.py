@@ -229,3 +229,21 @@ def test_pull_progress_sums_the_layers_and_a_resumed_layer_is_not_counted_as_spe
                 {"digest": 7, "total": 10, "completed": 1}, {"status": ["not", "text"]}):
         resumed.update(bad)  # a hostile or odd line changes no count
     assert (resumed.completed, resumed.total, resumed.status) == (600, 1000, "pulling 0123")
+
+
+def test_a_restarted_web_shows_the_pull_still_going_and_how_it_ended(tmp_path, fake):
+    fake.pull_knobs.hold_at_bytes = 20_000_000
+    with running(tmp_path, fake.url) as app:
+        app.bus.wait_for("llm.status", timeout_s=15, state="ready")
+        httpx.post(app.url + "/pull", data={"model": "fresh"}, headers=HTMX, timeout=5)
+        fake.wait_for(lambda: fake.pull_knobs.hold_at_bytes is None, what="the pull to reach its hold")
+        assert app.processes["web"].stop() is not None  # ended by SIGTERM, within the time honcho gives
+        app.start_web()  # it knows nothing of the pull until the worker's next progress says so
+        tab = Tab(app.ws_url)
+        try:
+            tab.frames.wait_for(lambda f: any(int(a or b) == 50 for a, b in PROGRESS.findall(f)), what="the pull")
+            fake.release_pull()
+            tab.wait_for_text("Pulled fresh.")
+            assert len(fake.pulls) == 1  # the same pull went on: the web restart did not start another
+        finally:
+            tab.close()
