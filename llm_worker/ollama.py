@@ -11,7 +11,7 @@ from typing import AsyncIterator
 import httpx
 
 from services.config import Settings
-from services.protocol import reply_stats
+from services.protocol import MODEL_NAME, reply_stats
 from services.text import valid_unicode
 
 
@@ -73,9 +73,20 @@ class Chunk:
     stats: dict = field(default_factory=dict)
 
 
+MAX_MODELS = 200  # installed models looked at: more than anyone keeps
+
+
+class ModelMissing(OllamaError):
+    """The wanted model is not installed: the page offers to pull it."""
+
+    def __init__(self, message: str, model: str) -> None:
+        super().__init__(message)
+        self.model = model
+
+
 def model_missing(model: str) -> OllamaError:
-    return OllamaError(f"Model {model} is not installed in Ollama: run `ollama pull {model}`, or set OLLAMA_MODEL "
-                       "to an installed chat model.")
+    return ModelMissing(f"Model {model} is not installed in Ollama: pull it (Pull in the page, or `ollama pull "
+                        f"{model}`), or set OLLAMA_MODEL to an installed chat model.", model)
 
 
 def parameter_count(size: str) -> float:
@@ -98,33 +109,41 @@ class OllamaClient:
         # read=None: the stream's deadlines are enforced per line below, where first token and later chunks differ.
         timeout = httpx.Timeout(connect=settings.connect_timeout_s, read=None, write=10.0, pool=10.0)
         self.http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        self.chat_models: list[str] = []  # as /api/tags listed them last, best first
 
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def choose_model(self) -> str:
-        """OLLAMA_MODEL if set (and installed); otherwise the installed chat model with the most parameters (ties:
-        the newest, which /api/tags lists first). Embedding models are never chosen."""
-        installed = (await self._get_json("GET", "/api/tags")).get("models") or []
-        wanted = self.settings.ollama_model
+    async def choose_model(self, wanted: str | None = None) -> str:
+        """`wanted` (by default OLLAMA_MODEL) if set and installed; otherwise the installed chat model with the most
+        parameters (ties: the newest, which /api/tags lists first). Embedding models are never chosen. Also keeps
+        the installed chat models, best first, in `chat_models` (the page's model select shows them)."""
+        installed = [m for m in (await self._get_json("GET", "/api/tags")).get("models") or [] if isinstance(m, dict)]
+        self.chat_models = await self._chat_models(installed)
+        wanted = self.settings.ollama_model if wanted is None else wanted
         if wanted:
             names = {m.get("name") for m in installed} | {m.get("model") for m in installed}
             if wanted not in names and f"{wanted}:latest" not in names:
                 raise model_missing(wanted)
             return wanted
-        best, best_size = "", -1.0
-        for model in installed:
+        if not self.chat_models:
+            raise OllamaError(f"No chat model is installed in Ollama at {self.url}: run `ollama pull llama3.2` "
+                              "(or any chat model), or set OLLAMA_MODEL.")
+        return self.chat_models[0]
+
+    async def _chat_models(self, installed: list[dict]) -> list[str]:
+        found = []
+        for index, model in enumerate(installed[:MAX_MODELS]):
             name = model.get("name") or model.get("model") or ""
+            if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+                continue  # it goes to the bus and into every tab's select: plain names only
             capabilities = model.get("capabilities")
             if capabilities is None:  # older servers list capabilities only in /api/show
                 capabilities = (await self._get_json("POST", "/api/show", {"model": name})).get("capabilities", [])
             size = parameter_count((model.get("details") or {}).get("parameter_size", ""))
-            if is_chat_model(capabilities) and size > best_size:
-                best, best_size = name, size
-        if not best:
-            raise OllamaError(f"No chat model is installed in Ollama at {self.url}: run `ollama pull llama3.2` "
-                              "(or any chat model), or set OLLAMA_MODEL.")
-        return best
+            if isinstance(capabilities, list) and is_chat_model(capabilities):
+                found.append((-size, index, name))
+        return [name for *_, name in sorted(found)]
 
     async def context_window(self, model: str) -> int:
         """OLLAMA_NUM_CTX, or the model's own context length from /api/show when that is smaller: asking for more

@@ -22,6 +22,9 @@ def describe(entry: Message) -> tuple[str, str]:
     if entry.type == protocol.REPLY_SAVED:
         suffix = " [stopped by the person]" if data.get("done_reason") == "stopped" else ""
         return "assistant", str(data["text"]) + suffix
+    if entry.type == protocol.MODEL_CHOSEN:
+        return "user", (f"[switched your model from {data.get('previous') or 'the default'} to {data.get('model')}: "
+                        "this is you, speaking through the new model]")
     title = str(data.get("title", ""))
     if entry.type == protocol.TODO_ADDED:
         return "user", f"[added todo #{data['id']}: “{title}”]"

@@ -20,7 +20,8 @@ from services.tasks import supervised
 from services.text import MAX_REPLY_CHARS
 from llm_worker.conversation import Applied, Conversation
 from llm_worker.link import JournalLink
-from llm_worker.ollama import OllamaClient, OllamaError
+from llm_worker.models import MODELS_REFRESH_S, ModelChoice, Pulls
+from llm_worker.ollama import ModelMissing, OllamaClient, OllamaError
 from llm_worker.tokens import TokenBatch
 
 IDLE_RESYNC_S = 5.0  # with no journal traffic for this long, ask the web anyway: recovers anything PUB dropped
@@ -43,7 +44,9 @@ class Worker:
         self._generation: asyncio.Task | None = None
         self._stop_requested = False
         self._last_error = ""
-        self._model_checked = False  # chosen (or found installed) since the last failure
+        self._model_checked = False  # chosen (or found installed) since the last failure or model switch
+        self.choice = ModelChoice(settings.ollama_model)
+        self.missing = ""  # the model we want and Ollama does not have (the page offers to pull it)
         self._loaded_model = ""  # the model loaded in Ollama since the last failure (see _probe)
         self.num_ctx = settings.num_ctx  # ... and the context window it was loaded with
         self._retry_s = RETRY_MIN_S
@@ -63,6 +66,7 @@ class Worker:
         subscriber = Subscriber(self.settings.bus_sub_addr, [protocol.JOURNAL, protocol.CONTROL], context, keys)
         self.link = JournalLink(self.settings, context, self.worker_id)
         self.ollama = OllamaClient(self.settings)
+        self.pulls = Pulls(self.ollama, self.settings, self._publish, on_pulled=lambda model: self._switch_check())
         tasks = [supervised("heartbeat", self._heartbeat),
                  supervised("journal follower", lambda: self._follow_journal(subscriber)),
                  supervised("answerer", self._answer)]
@@ -74,6 +78,7 @@ class Worker:
             await asyncio.gather(*tasks, return_exceptions=True)
             # Stopped on purpose (SIGTERM): under the Procfile's restart loop it will be back in a moment.
             self._set_state("restarting", "the assistant process is restarting")
+            await self.pulls.close()
             await self.ollama.close()  # closes any open stream, so Ollama stops generating
             subscriber.close()
             self.link.close()  # the web sees it close and frees a claim we held at once
@@ -91,6 +96,8 @@ class Worker:
                 await self._catch_up(after=self.conversation.last_seq)
             elif message.type == protocol.STOP:
                 self._stop()
+            elif message.type in protocol.MODEL_CONTROLS:
+                self._model_control(message)
             else:
                 self._apply(message, live=True)
                 if self._resync.is_set():
@@ -107,6 +114,8 @@ class Worker:
             # reset). Asking once tells which; the overlap is common, so not for every such entry.
             self._old_checked_at = time.monotonic()
             self._resync.set()
+        elif applied is Applied.APPLIED and entry.type == protocol.MODEL_CHOSEN:
+            self._choose(entry.data.get("model"))  # as control.model does: this one cannot be lost
         elif applied is Applied.APPLIED and entry.type == protocol.CLAIM_ENDED:
             self._claim_ended(entry.data.get("token"))
         elif (applied is Applied.APPLIED and live and entry.type == protocol.CLAIM_GRANTED
@@ -127,6 +136,7 @@ class Worker:
                     page = await self.link.catchup(None)
                 self.journal_id = page.journal_id
                 self.conversation.load_window(page.entries, page.last_seq, page.todos)
+                self._choose(page.model)
             else:
                 for entry in page.entries:
                     self._apply(entry)
@@ -167,6 +177,8 @@ class Worker:
             if self.state == "offline":
                 await self._probe()
                 self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)  # reset only by a reply that succeeds
+            elif not self._model_checked:  # another model chosen, or one pulled: switch now, not at the next reply
+                await self._probe()
 
     async def _answer_under(self, token: int, batch: list[Message]) -> None:
         self.token, self._claim_lost = token, False
@@ -195,7 +207,12 @@ class Worker:
     async def _ensure_model(self) -> None:
         """Choose the model and, if it is not the one loaded, read its context window and load it (OllamaError
         if Ollama cannot)."""
-        model = await self.ollama.choose_model()
+        try:
+            model = await self.ollama.choose_model(self.choice.wanted)
+        except ModelMissing as error:
+            self.missing = error.model
+            raise
+        self.missing = ""
         if model != self._loaded_model:
             self.num_ctx = await self.ollama.context_window(model)
             self._set_state("loading", f"loading model {model}")
@@ -284,12 +301,39 @@ class Worker:
             self._offer = None
         self.conversation.forget_own_reply(token)
 
+    # models (see llm_worker/models.py)
+
+    def _model_control(self, message: Message) -> None:
+        data = message.data
+        if message.type == protocol.USE_MODEL:
+            self._choose(data.get("model"))
+            self._switch_check()  # also sent after a pull: the models may have changed
+        elif message.type == protocol.PULL and data.get("worker_id") == self.worker_id:
+            self.pulls.start(data.get("pull_id"), data.get("model"))
+        elif message.type == protocol.CANCEL_PULL:
+            self.pulls.cancel(data.get("pull_id"))
+
+    def _choose(self, model: object) -> None:
+        if self.choice.choose(model):
+            log.info("model chosen: %s", self.choice.wanted or "the best installed")
+            self._switch_check()
+
+    def _switch_check(self) -> None:
+        """Choose the model again (and list the installed ones) before the next reply, or at once when idle."""
+        self._model_checked = False
+        self._wake.set()
+
     # status
 
     async def _heartbeat(self) -> None:
+        listed_at = time.monotonic()
         while True:
+            if time.monotonic() - listed_at > MODELS_REFRESH_S:
+                listed_at = time.monotonic()
+                self._switch_check()  # lists the models again (the page's select), and loads nothing new
             self.link.heartbeat()
             self._publish_status()
+            self.pulls.beat()
             self._resend_unsaved()
             await asyncio.sleep(self.settings.heartbeat_s)
 
@@ -320,7 +364,8 @@ class Worker:
     def _publish_status(self) -> None:
         self._publish(protocol.LLM_STATUS, state=self.state, reason=self.reason,
                       model=self.model, ollama_url=self.settings.ollama_url, last_seq=self.conversation.last_seq,
-                      pid=os.getpid())
+                      pid=os.getpid(), models=self.ollama.chat_models, pinned=bool(self.choice.pinned),
+                      missing=self.missing)
 
     def _publish(self, kind: str, **data) -> None:
         self.publisher.publish(kind, {"worker_id": self.worker_id, **data})  # the web hears only the claim holder

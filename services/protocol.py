@@ -22,7 +22,8 @@ DEALER stays connected for the worker's life, so the web sees a killed worker's 
 
     catch-up  {"v", "op": "catchup", "request_id", "after": <seq or None for the recent window>}
            →  {"v", "op": "catchup", "request_id", "journal_id", "entries": [<envelope>, ...], "last_seq": <int>,
-               "todos": [[id, title, done], ...] (the list at last_seq; only with after=None)}
+               "todos": [[id, title, done], ...] (the list at last_seq; only with after=None),
+               "model": <the chosen chat model, "" for the best installed; only with after=None>}
     claim     {"v", "op": "claim", "request_id", "worker_id", "covers_seq": <int>, "answered_through": <int>}
            →  {"v", "op": "claim", "request_id", "token": <int or None>, "reason": <why not, if None>}
     heartbeat {"v", "op": "heartbeat", "request_id", "worker_id"}        (no reply; every HEARTBEAT_S)
@@ -58,6 +59,26 @@ Several workers, one answer (the journal is the one sequencer; web/claims.py kee
 - Each request is answered by request_id, so a reply that arrives after its request timed out is ignored.
 - `journal_id` names the database the journal lives in: a worker that sees a different one (the web's data was
   reset) forgets what it knew and rebuilds from the new journal.
+
+Models (issue 12; the web's side is web/models.py, the worker's llm_worker/models.py):
+
+- Choosing: the web writes `journal.model.chosen` {model, previous} (an action: the assistant hears of it and
+  comments, and the chat history shows it), then publishes `control.model` {model} ("" = the best installed), which
+  switches every worker at once. A worker applies the journal entry as well, so a dropped control message changes
+  nothing; the catch-up reply's `model` field (after=None only) carries the choice from before the recent window,
+  so it survives restarts. OLLAMA_MODEL in a worker's environment wins over the choice.
+- Each worker's llm.status also carries `models` (its Ollama's installed chat models, never embedding models),
+  `pinned` (OLLAMA_MODEL is set) and `missing` (the model it wants and cannot find, else "").
+- Pulling (one at a time): the web picks one live worker (heard within 3.5 heartbeats; the lowest worker_id: any will
+  do, and the rule is simple to follow in a log) and publishes `control.pull` {pull_id, model, worker_id}; only that
+  worker pulls (Ollama's streaming /api/pull) and publishes `llm.pull` {pull_id, model, state, status, completed,
+  total, bytes_per_s, error} at least every heartbeat while pulling (state "pulling"), then once with state "done",
+  "failed" (error: a message a person can act on) or "cancelled". A pull not heard of for a few heartbeats (the worker
+  died, or the control message was dropped) is sent again, to the same or another live worker: Ollama resumes a pull
+  where it stopped. `control.cancel` {pull_id} stops it (the worker closes the stream, which stops Ollama). A worker
+  ignores a control.pull for a pull it is already running; a web that restarted adopts a pull it hears of, so the tabs
+  show it again. After a pull succeeds the web publishes `control.model` again, so every worker lists its models again
+  and a missing model is used at once.
 """
 from __future__ import annotations
 
@@ -82,9 +103,15 @@ CLAIM_GRANTED = "journal.claim.granted"
 CLAIM_ENDED = "journal.claim.ended"
 CHAT_RETRY = "journal.chat.retry"  # "answer that again": {reply_id} of the reply to try again
 NOTE_SHOWN = "journal.note.shown"  # a note the chat showed, so a reload shows it too: {kind, text, reply_id?}
+# -- models (issue 12): see "Models" above --
+MODEL_CHOSEN = "journal.model.chosen"  # a person chose the chat model: {model, previous}
 
 CONTROL = "control."
 STOP = "control.stop"
+# -- models (issue 12) --
+USE_MODEL = "control.model"  # {model}: "" means the best installed
+PULL = "control.pull"  # {pull_id, model, worker_id}
+CANCEL_PULL = "control.cancel"  # {pull_id}
 
 LLM = "llm."
 LLM_START = "llm.start"
@@ -92,13 +119,17 @@ LLM_TOKEN = "llm.token"  # {reply_id, token, index, text}: the tokens Ollama sen
 LLM_DONE = "llm.done"
 LLM_ERROR = "llm.error"
 LLM_STATUS = "llm.status"
+LLM_PULL = "llm.pull"  # (issue 12) a pull's progress and outcome
+PULL_STATES = ("pulling", "done", "failed", "cancelled")
 
 TODO_ACTIONS = (TODO_ADDED, TODO_TOGGLED, TODO_EDITED, TODO_DELETED, TODO_CLEARED)
 ASKS = (CHAT_SENT, CHAT_RETRY)  # actions that end a batch: each gets a reply of its own
 CLAIM_TYPES = (CLAIM_GRANTED, CLAIM_ENDED)
 UNSPOKEN = (*CLAIM_TYPES, NOTE_SHOWN)  # journal entries that are not part of the conversation
-JOURNAL_TYPES = (*TODO_ACTIONS, *ASKS, REPLY_SAVED, *UNSPOKEN)
-KNOWN_TYPES = frozenset((*JOURNAL_TYPES, STOP, LLM_START, LLM_TOKEN, LLM_DONE, LLM_ERROR, LLM_STATUS))
+JOURNAL_TYPES = (*TODO_ACTIONS, *ASKS, REPLY_SAVED, *UNSPOKEN, MODEL_CHOSEN)
+MODEL_CONTROLS = (USE_MODEL, PULL, CANCEL_PULL)
+KNOWN_TYPES = frozenset((*JOURNAL_TYPES, STOP, *MODEL_CONTROLS, LLM_START, LLM_TOKEN, LLM_DONE, LLM_ERROR, LLM_STATUS,
+                         LLM_PULL))
 
 
 class ProtocolError(ValueError):
@@ -177,6 +208,9 @@ def _is_number(value: object) -> bool:
 
 # Ids that end up in element ids, selectors and log lines (reply ids, worker ids): plain short words only.
 WORD = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# (issue 12) What Ollama accepts as a model name (registry/namespace/model:tag, hf.co/... too): what a worker lists,
+# a person chooses or pulls goes to the bus and into every tab's select, so it is checked against this everywhere.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}")
 
 OP_CATCHUP, OP_CLAIM, OP_HEARTBEAT, OP_RELEASE = "catchup", "claim", "heartbeat", "release"
 REQUEST_FIELDS = {  # each op's fields and their types, besides v, op and request_id
@@ -229,6 +263,7 @@ class Catchup:
     last_seq: int  # the journal's head when the page was read
     journal_id: str
     todos: list[tuple[int, str, bool]] | None  # the list at last_seq (only for the recent window)
+    model: str = ""  # the chosen chat model ("" = the best installed; only for the recent window)
 
 
 def catchup_page(reply: dict) -> Catchup:
@@ -244,4 +279,7 @@ def catchup_page(reply: dict) -> Catchup:
                 and isinstance(t[2], bool) for t in todos):
             raise ProtocolError("catch-up reply has a malformed todo list")
         todos = [tuple(t) for t in todos]
-    return Catchup([from_envelope(e) for e in entries], reply["last_seq"], reply["journal_id"], todos)
+    model = reply.get("model", "")
+    if not isinstance(model, str):
+        raise ProtocolError("catch-up reply has a malformed model")
+    return Catchup([from_envelope(e) for e in entries], reply["last_seq"], reply["journal_id"], todos, model)

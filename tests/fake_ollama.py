@@ -59,9 +59,31 @@ class Knobs:
     load_s: float = 0.0  # loading a model that is not loaded (first use, or keep_alive ran out)
 
 
+EMBEDDING_MODEL = FakeModel("nomic-embed-text:latest", "137M", ("embedding",), "nomic-bert", 2048)
+
+
+@dataclass
+class PullKnobs:
+    """How /api/pull behaves (issue 12)."""
+    layer_bytes: tuple[int, ...] = (40_000_000, 12_000)  # a model's layers: the weights, then small ones
+    chunk_bytes: int = 2_000_000  # received between two progress lines
+    line_delay_s: float = 0.005
+    hold_at_bytes: int | None = None  # pause (connection open) once this many bytes are in, until release_pull()
+    break_at_bytes: int | None = None  # drop the connection mid-stream once this many are in (a network failure)
+    tags_capabilities: bool = True  # False: /api/tags without `capabilities`, as older servers (then /api/show)
+
+
 class FakeOllama:
-    def __init__(self, models: list[FakeModel] | None = None, port: int | None = None) -> None:
+    def __init__(self, models: list[FakeModel] | None = None, port: int | None = None,
+                 registry: list[FakeModel] | None = None) -> None:
         self.models = models if models is not None else [FakeModel("fake-model:latest")]
+        self.registry = registry or []  # what /api/pull can fetch (and then installs); anything else is unknown
+        self.pull_knobs = PullKnobs()
+        self.pulls: list[dict] = []  # every /api/pull body, in order
+        self.pull_offsets: list[int] = []  # bytes each pull found already there (Ollama resumes)
+        self.pulled_bytes: dict[str, int] = {}  # model → bytes received so far, kept across pulls
+        self.pull_disconnects = 0  # pulls the client closed before the end
+        self.pull_released = threading.Event()
         self.knobs = Knobs()
         self.port = port or free_port()
         self.requests: list[dict] = []  # every /api/chat body that asks for a reply, in order
@@ -86,7 +108,7 @@ class FakeOllama:
         app = Starlette(routes=[
             Route("/", self._root), Route("/api/version", self._version), Route("/api/tags", self._tags),
             Route("/api/ps", self._ps), Route("/api/show", self._show, methods=["POST"]),
-            Route("/api/chat", self._chat, methods=["POST"]),
+            Route("/api/chat", self._chat, methods=["POST"]), Route("/api/pull", self._pull, methods=["POST"]),
         ])
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
@@ -101,6 +123,7 @@ class FakeOllama:
 
     def stop(self) -> None:
         self.released.set()  # a held stream must not keep a thread waiting after the server is gone
+        self.pull_released.set()
         if self._server is not None:
             self._server.should_exit = True
             self._server.force_exit = True
@@ -142,6 +165,64 @@ class FakeOllama:
 
     async def _tags(self, request: Request) -> Response:
         return JSONResponse({"models": [self._describe(m) for m in self.models]})
+
+    async def _pull(self, request: Request) -> Response:
+        body = await request.json()
+        name = body.get("model") or body.get("name") or ""
+        self.pull_offsets.append(self.pulled_bytes.get(name, 0))
+        self.pulls.append(body)
+        self._notify()
+        if not name:
+            return JSONResponse({"error": "model is required"}, status_code=400)
+        return StreamingResponse(self._pull_stream(name),
+                                 media_type="application/x-ndjson")
+
+    async def _pull_stream(self, name: str):
+        """As Ollama streams a pull: the manifest, each layer's bytes (resuming what an earlier pull of it left),
+        verification, success; an unknown name is an error line after the first; closing the connection cancels."""
+        knobs, finished = self.pull_knobs, False
+        model = next((m for m in self.registry if name in (m.name, m.name.removesuffix(":latest"))), None)
+        offset = self.pulled_bytes.get(name, 0)
+        try:
+            yield _line({"status": "pulling manifest"})
+            if model is None:
+                yield _line({"error": "pull model manifest: file does not exist"})
+                finished = True
+                return
+            start = 0
+            for index, layer in enumerate(knobs.layer_bytes):
+                digest = f"sha256:{index:02d}" + "c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b7"[:62]
+                status = f"pulling {digest[7:19]}"
+                completed = min(layer, max(0, offset - start))
+                yield _line({"status": status, "digest": digest, "total": layer, **({"completed": completed}
+                                                                                   if completed else {})})
+                while completed < layer:
+                    got = start + completed
+                    if knobs.hold_at_bytes is not None and got >= knobs.hold_at_bytes:
+                        knobs.hold_at_bytes = None
+                        self._notify()
+                        await asyncio.get_running_loop().run_in_executor(None, self.pull_released.wait, 60)
+                    if knobs.break_at_bytes is not None and got >= knobs.break_at_bytes:
+                        knobs.break_at_bytes = None
+                        raise ConnectionResetError("fake Ollama: the network went away mid-pull")
+                    await asyncio.sleep(knobs.line_delay_s)
+                    completed = min(layer, completed + knobs.chunk_bytes)
+                    self.pulled_bytes[name] = start + completed
+                    yield _line({"status": status, "digest": digest, "total": layer, "completed": completed})
+                start += layer
+            for status in ("verifying sha256 digest", "writing manifest", "success"):
+                yield _line({"status": status})
+            if self._find(name) is None:
+                self.models.insert(0, model)  # newest first, as /api/tags lists them
+            finished = True
+        finally:
+            if not finished:
+                self.pull_disconnects += 1
+            self._notify()
+
+    def release_pull(self) -> None:
+        """Let a pull held by `pull_knobs.hold_at_bytes` go on."""
+        self.pull_released.set()
 
     async def _ps(self, request: Request) -> Response:
         return JSONResponse({"models": []})
@@ -245,7 +326,7 @@ class FakeOllama:
             "digest": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72",
             "details": {"parent_model": "", "format": "gguf", "family": model.family, "families": [model.family],
                         "parameter_size": model.parameter_size, "quantization_level": "Q4_K_M"},
-            "capabilities": list(model.capabilities),
+            **({"capabilities": list(model.capabilities)} if self.pull_knobs.tags_capabilities else {}),
         }
 
     def _chunk(self, name: str, content: str, thinking: str = "") -> dict:

@@ -60,3 +60,25 @@ def test_the_fake_charges_a_load_only_when_the_model_is_not_loaded():
                                             (-1, math.inf), ("-1m", math.inf), (None, 300), ("soon", 300)])
 def test_keep_alive_reads_as_ollama_reads_it(value, seconds):
     assert keep_alive_s(value) == seconds
+
+
+def test_the_official_client_accepts_the_fakes_pull_its_progress_error_and_resume():
+    with FakeOllama([], registry=[FakeModel("fresh:latest", "2B")]) as fake:
+        fake.pull_knobs.break_at_bytes = 10_000_000
+        client = ollama.Client(host=fake.url, timeout=5)
+        with pytest.raises(ollama.ResponseError) as unknown:
+            list(client.pull("no-such-model", stream=True))
+        assert "file does not exist" in unknown.value.error
+        progress = []
+        with pytest.raises(Exception):  # the connection drops mid-pull
+            for update in client.pull("fresh", stream=True):
+                progress.append(update)
+        assert progress[0].status == "pulling manifest"
+        layer = [p for p in progress if p.digest]
+        assert layer[0].total == 40_000_000 and layer[0].completed is None  # `completed` is missing at first
+        assert layer[-1].completed == 10_000_000 and layer[-1].status == f"pulling {layer[-1].digest[7:19]}"
+        resumed = list(client.pull("fresh", stream=True))
+        assert next(p for p in resumed if p.digest).completed == 10_000_000  # Ollama resumes where it stopped
+        assert [p.status for p in resumed[-3:]] == ["verifying sha256 digest", "writing manifest", "success"]
+        assert [m.model for m in client.list().models] == ["fresh:latest"]
+        assert fake.pull_offsets == [0, 0, 10_000_000] and fake.pull_disconnects == 1

@@ -8,14 +8,13 @@ import sqlite3
 import subprocess
 import sys
 import json
-import time
 
 import httpx
 import msgpack
 import zmq
 
 from services import protocol
-from tests.fake_ollama import FakeOllama
+from tests.fake_ollama import FakeModel, FakeOllama
 from tests.system import HTMX, ROOT, System, Tab, reply_tokens, running
 from web.components import TOKEN_FRAME
 
@@ -257,6 +256,15 @@ def test_the_tap_shows_every_message_type(system, fake_ollama):
         post(system, "/todos", title="clear me")
         post(system, f"/todos/{system.bus.wait_for('journal.todo.added', title='clear me').data['id']}/toggle")
         post(system, "/todos/clear-completed")  # journal.todo.cleared
+        post(system, "/model", model="fake-model:latest")  # journal.model.chosen, control.model
+        post(system, "/pull", model="no-such-model")  # control.pull, llm.pull
+        system.bus.wait_for("llm.pull", state="failed")
+        fake_ollama.registry.append(FakeModel("another-one:latest"))
+        fake_ollama.pull_knobs.hold_at_bytes = 0  # held at its start: certain to be running when cancelled
+        post(system, "/pull", model="another-one")
+        fake_ollama.wait_for(lambda: fake_ollama.pull_knobs.hold_at_bytes is None, what="the pull to be held")
+        post(system, "/pull/cancel")  # control.cancel
+        fake_ollama.release_pull()
         fake_ollama.knobs.status = 500
         post(system, "/chat", text="hello tap")
         system.bus.wait_for("llm.error")

@@ -29,11 +29,12 @@ from web.guard import RATE_LIMITED_HEADERS, add_perimeter
 from web.inputs import MAX_MESSAGE_CHARS, InputError, clean_text, invalid, shown, whole_number
 from web.journal import Journal
 from web.relay import Relay
-from web import todos, workers
+from web import models, todos, workers
 
 STATIC_DIR = Path(__file__).parent / "static"
 CHAT_HISTORY_SHOWN = 100  # messages rendered at once; "Load earlier messages" fetches the ones before
-CHAT_TYPES = (*protocol.ASKS, protocol.REPLY_SAVED, protocol.NOTE_SHOWN)  # what the chat log shows
+# What the chat log shows (a model switch too: issue 12).
+CHAT_TYPES = (*protocol.ASKS, protocol.REPLY_SAVED, protocol.NOTE_SHOWN, protocol.MODEL_CHOSEN)
 
 # htmx does not swap 4xx responses by default; a 422 carries the form back with its error message.
 HTMX_CONFIG = {
@@ -92,6 +93,7 @@ def create_app(settings: Settings) -> FastHTML:
     clients = Clients()
     journal = Journal(store, publisher=None, history_window=settings.history_window)  # publisher set at startup
     relay = Relay(journal, clients, settings.heartbeat_s)
+    model_panel = models.ModelPanel(journal, clients, settings.heartbeat_s)
 
     async def lifespan(app):  # FastHTML takes the async generator itself, not a context manager
         # Sockets are created inside the running loop and closed with a short linger on the way out.
@@ -106,6 +108,7 @@ def create_app(settings: Settings) -> FastHTML:
             supervised("journal server", requests.serve),
             supervised("connection watch", requests.watch_connections),
             supervised("relay", lambda: relay.run(subscriber)),
+            supervised("models", lambda: model_panel.run(settings, context)),
         ]
         try:
             yield
@@ -139,6 +142,7 @@ def create_app(settings: Settings) -> FastHTML:
     # cost O(list size) and stalled token relay meanwhile (see README, Performance). The list's routes, and what a
     # change sends, are in web/todos.py.
     lists = todos.add_routes(app, store, journal, clients)
+    models.add_routes(app, model_panel)
 
     def chat_history(before: int | None = None) -> list:
         # One more than shown, to know whether there is anything earlier: the page never renders it all.
@@ -168,7 +172,7 @@ def create_app(settings: Settings) -> FastHTML:
     @app.get("/")
     async def index(filter: str = ""):
         shown_filter = todos.filter_of(filter)
-        return Page(shown_filter, lists.view(shown_filter), chat_log(), relay.status)
+        return Page(shown_filter, lists.view(shown_filter), chat_log(), relay.status, model_panel.view())
 
     @app.post("/chat")
     async def send_chat(form: dict):
@@ -218,7 +222,7 @@ def create_app(settings: Settings) -> FastHTML:
         # web, or a disconnect for falling behind, it shows what it missed without a reload and without duplicates.
         # Only the rows it had loaded, by its URL: never the whole list.
         clients.connect(ws)
-        clients.send_html(ws, resync(todos.view_of(ws.query_params)))
+        clients.send_html(ws, resync(todos.view_of(ws.query_params)) + model_panel.resync())
 
     async def on_disconnect(ws):
         clients.disconnect(ws)

@@ -11,7 +11,7 @@ from fasthtml.common import (
     Textarea, Title, Safe, Ul, to_xml,
 )
 
-from services.protocol import CHAT_RETRY, CHAT_SENT, NOTE_SHOWN, Message
+from services.protocol import CHAT_RETRY, CHAT_SENT, MODEL_CHOSEN, NOTE_SHOWN, Message
 from store import Todo
 from web.markdown import to_html
 
@@ -251,6 +251,11 @@ def AssistantReply(reply: Reply):
                id=f"reply-{reply.reply_id}", cls="msg assistant")
 
 
+def ModelNote(entry: Message):
+    """A person chose another model (issue 12): the chat says so where it happened."""
+    return Div(P(f"Model switched to {entry.data.get('model', '')}."), id=f"entry-{entry.seq}", cls="msg note")
+
+
 def ErrorNote(text: str):
     # The text names its fix with `commands` in Markdown: rendered (and sanitised) like a reply, not shown raw.
     return Div(Speaker("Problem"), Div(NotStr(to_html(text)), cls="body"), cls="msg error", role="alert")
@@ -285,6 +290,8 @@ def _history_item(entry: Message):
     data = entry.data
     if entry.type in (CHAT_SENT, CHAT_RETRY):
         return UserMessage(entry)
+    if entry.type == MODEL_CHOSEN:
+        return ModelNote(entry)
     if entry.type == NOTE_SHOWN and data.get("kind") == "error":
         return ErrorNote(str(data.get("text", "")))
     if entry.type == NOTE_SHOWN:  # a reply cut off when its worker was lost, as the live tabs showed it
@@ -325,7 +332,7 @@ def StatusChange(before: WorkerStatus, after: WorkerStatus) -> tuple:
     return tuple(oob(part) for part, was in zip(new, old) if part != was)
 
 
-def Page(filter: str, todos: tuple, chat_log, status: WorkerStatus):
+def Page(filter: str, todos: tuple, chat_log, status: WorkerStatus, models=None):
     """`todos`: the list and its footer for `filter`, which the WebSocket's URL carries so a reconnect resyncs
     the same view."""
     return (
@@ -345,7 +352,7 @@ def Page(filter: str, todos: tuple, chat_log, status: WorkerStatus):
                 cls="panel todos",
             ),
             Section(
-                Header(H2("Assistant"), Status(status)),
+                Header(H2("Assistant"), Status(status), models),  # models: the select and pulls (web/models.py)
                 chat_log,
                 # Shown by app.js when the person has scrolled up while new text arrives.
                 Button("Jump to latest", id="jump-latest", type="button", hidden=True),

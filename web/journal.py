@@ -11,7 +11,7 @@ from services.busclient import Publisher
 from services.protocol import Message
 from store import Store
 
-ACTIONS = (*protocol.TODO_ACTIONS, *protocol.ASKS)  # what the assistant answers
+ACTIONS = (*protocol.TODO_ACTIONS, protocol.MODEL_CHOSEN, *protocol.ASKS)  # what the assistant answers
 CATCHUP_PAGE = 5_000  # entries per catch-up reply; the worker asks again until it reaches last_seq
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,11 @@ class Journal:
                 self.publisher.send(entry)
             self.last_published = message  # the entry this block wrote, not its follow-up
 
+    def chosen_model(self) -> str:
+        """The chat model a person chose last ("" if none: the best installed)."""
+        chosen = self.store.last_of((protocol.MODEL_CHOSEN,))
+        return str(chosen.data.get("model", "")) if chosen else ""
+
     def catchup(self, after: int | None) -> dict:
         """The fields of a catch-up reply: the recent window and the todo list (after=None), or a page of entries
         after `after`."""
@@ -56,6 +61,7 @@ class Journal:
         if after is None:  # a worker starting over also gets the list as it is, whatever the window holds
             entries = self.store.recent_entries(self.history_window)
             page["todos"] = [[todo.id, todo.title, todo.done] for todo in self.store.todos()]
+            page["model"] = self.chosen_model()  # chosen perhaps long before the window
         else:
             entries = self.store.entries_after(after, CATCHUP_PAGE)
         return {**page, "entries": [e.envelope() for e in entries]}
