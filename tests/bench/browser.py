@@ -77,7 +77,7 @@ def record_frames(page) -> list[str]:
 def whole_reply(page, app, fake: FakeOllamaProcess, frames: list[str], number: int) -> dict:
     """Issue 16: everything the tab receives from the click on Send to the status saying "ready" again, for a
     reply of 40 word-sized tokens (PROSE), in WebSocket frame bytes (payload + header, uncompressed): by kind."""
-    fake.set(tokens=0, prose=True)
+    fake.set(tokens=0, prose=True, tokens_per_s=100)  # at a model's pace: tokens travel one by one
     # The last round's frames are all in (a Playwright call delivers the events that came before it).
     page.locator("#chat-log .body.streaming").wait_for(state="detached", timeout=WAIT_MS)
     page.get_by_role("status").filter(has_text="ready").wait_for(timeout=WAIT_MS)
