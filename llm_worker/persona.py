@@ -23,6 +23,8 @@ def describe(entry: Message) -> tuple[str, str]:
         suffix = " [stopped by the person]" if data.get("done_reason") == "stopped" else ""
         return "assistant", str(data["text"]) + suffix
     title = str(data.get("title", ""))
+    if entry.type in protocol.TOOL_TYPES:
+        return describe_tool(entry)
     if entry.type == protocol.TODO_ADDED:
         return "user", f"[added todo #{data['id']}: “{title}”]"
     if entry.type == protocol.TODO_TOGGLED:
@@ -35,3 +37,21 @@ def describe(entry: Message) -> tuple[str, str]:
     if entry.type == protocol.TODO_CLEARED:
         return "user", f"[cleared {data.get('count', 0)} completed todos]"
     raise ValueError(f"not a conversation entry: {entry.type}")
+
+
+def describe_tool(entry: Message) -> tuple[str, str]:
+    """What the assistant did or asked to do (its own turn), and what the person made of it (theirs)."""
+    data = entry.data
+    todo = f"todo #{data.get('id')} “{data.get('title', '')}”"
+    action = data.get("action")
+    change = {"add": f"adding {todo}", "done": f"marking {todo} as {'done' if data.get('done') else 'not done'}",
+              "rename": f"renaming {todo} to “{data.get('new_title', '')}”"}.get(action, f"deleting {todo}")
+    if entry.type == protocol.TOOL_APPLIED:
+        return "assistant", f"[I made a change: {change}]"
+    if entry.type == protocol.TOOL_PROPOSED:
+        return "assistant", f"[I asked the person to allow {change}]"
+    outcome = data.get("outcome")
+    if outcome == "failed":
+        return "user", f"[allowed {change}, but it failed: {data.get('reason', '')}]"
+    verb = {"undone": "undid your change:", "allowed": "allowed", "denied": "denied"}.get(outcome, "settled")
+    return "user", f"[{verb} {change}]"

@@ -21,6 +21,8 @@ from services.text import MAX_REPLY_CHARS
 from llm_worker.conversation import Applied, Conversation
 from llm_worker.link import JournalLink
 from llm_worker.ollama import OllamaClient, OllamaError
+from llm_worker.thought import Thought
+from llm_worker.tools import ToolSession
 
 IDLE_RESYNC_S = 5.0  # with no journal traffic for this long, ask the web anyway: recovers anything PUB dropped
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 10.0  # backoff while Ollama is failing; a new action retries at once
@@ -45,6 +47,7 @@ class Worker:
         self._model_checked = False  # chosen (or found installed) since the last failure
         self._loaded_model = ""  # the model loaded in Ollama since the last failure (see _probe)
         self.num_ctx = settings.num_ctx  # ... and the context window it was loaded with
+        self.capabilities: frozenset[str] = frozenset()  # ... and what it can do: tools? thinking?
         self._retry_s = RETRY_MIN_S
         self.journal_id = ""  # the journal we follow: another one means its data was reset
         self._resync = asyncio.Event()  # a gap was seen while applying: catch up again
@@ -197,6 +200,7 @@ class Worker:
         model = await self.ollama.choose_model()
         if model != self._loaded_model:
             self.num_ctx = await self.ollama.context_window(model)
+            self.capabilities = await self.ollama.capabilities(model)
             self._set_state("loading", f"loading model {model}")
             await self.ollama.load(model, self.num_ctx)
             self._loaded_model = model
@@ -206,6 +210,7 @@ class Worker:
         reply_id = "r" + uuid.uuid4().hex[:12]
         covers_seq = batch[-1].seq
         parts: list[str] = []
+        thought = Thought()
         done_reason = "stop"
         self._stop_requested = False
         self._publish(protocol.LLM_START, reply_id=reply_id, token=token, covers_seq=covers_seq,
@@ -215,23 +220,7 @@ class Worker:
                 await self._ensure_model()
             self._set_state("thinking")
             messages = self.conversation.prompt(covers_seq, self.num_ctx - self.settings.num_predict)
-            length = 0
-            stream = self.ollama.chat(self.model, messages, self.num_ctx)
-            async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
-                async for chunk in chunks:
-                    if chunk.content:  # thinking chunks are not the reply: they are not shown
-                        content = chunk.content[:MAX_REPLY_CHARS - length]
-                        self._publish(protocol.LLM_TOKEN, reply_id=reply_id, token=token, index=len(parts),
-                                      text=content)
-                        parts.append(content)
-                        length += len(content)
-                    if chunk.done:
-                        done_reason, stats = chunk.done_reason or "stop", chunk.stats
-                        if "prompt_eval_count" in stats:  # the prompt's exact size: sharpens the next budget
-                            self.conversation.calibrate(messages, int(stats["prompt_eval_count"]))
-                    elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
-                        done_reason, stats = "length", {}
-                        break
+            done_reason, stats = await self._stream(reply_id, token, messages, parts, thought)
         except OllamaError as error:
             self._fail(reply_id, token, str(error))
             return
@@ -248,11 +237,49 @@ class Worker:
                 raise  # shutting down: the reply stays unanswered and another worker answers it
             done_reason, stats = "stopped", {}
         done = {"reply_id": reply_id, "token": token, "text": "".join(parts), "done_reason": done_reason,
-                "covers_seq": covers_seq, "model": self.model, "stats": stats}
+                "covers_seq": covers_seq, "model": self.model, "stats": stats, **thought.done_fields()}
         self._publish(protocol.LLM_DONE, **done)
         self.conversation.add_own_reply(done)
         self._last_error, self._retry_s = "", RETRY_MIN_S
         self._set_state("ready")
+
+    async def _stream(self, reply_id: str, token: int, messages: list[dict], parts: list[str],
+                      thought: Thought) -> tuple[str, dict]:
+        """Stream the reply's text (into `parts`) and thinking onto the bus. When the model calls tools, the web
+        makes the changes (llm_worker/tools.py) and the model continues from their results, in the same reply."""
+        tools = None
+        if "tools" in self.capabilities:
+            tools = ToolSession(reply_id, lambda call, call_id: self.link.tool(
+                token, reply_id, call_id, call.name, call.arguments))
+        think = self.settings.think if "thinking" in self.capabilities else None
+        length, first_round = sum(map(len, parts)), True
+        while True:
+            calls, round_start = [], len(parts)
+            stream = self.ollama.chat(self.model, messages, self.num_ctx, tools and tools.offered(), think)
+            async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
+                async for chunk in chunks:
+                    if chunk.thinking and thought.add(chunk.thinking):
+                        self._publish(protocol.LLM_THINKING, reply_id=reply_id, token=token, text=chunk.thinking)
+                    if chunk.content:
+                        thought.end()
+                        content = chunk.content[:MAX_REPLY_CHARS - length]
+                        self._publish(protocol.LLM_TOKEN, reply_id=reply_id, token=token, index=len(parts),
+                                      text=content)
+                        parts.append(content)
+                        length += len(content)
+                    calls += chunk.tool_calls
+                    if chunk.done:
+                        done_reason, stats = chunk.done_reason or "stop", chunk.stats
+                        # The prompt's exact size sharpens the next budget; later rounds also carry the tools.
+                        if "prompt_eval_count" in stats and first_round:
+                            self.conversation.calibrate(messages, int(stats["prompt_eval_count"]))
+                    elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
+                        return "length", {}
+            thought.end()
+            if not calls or tools is None:
+                return done_reason, stats
+            messages = messages + await tools.run(calls, "".join(parts[round_start:]))
+            first_round = False
 
     def _fail(self, reply_id: str, token: int, message: str) -> None:
         log.warning("reply %s failed: %s", reply_id, message)

@@ -30,11 +30,12 @@ from web.inputs import MAX_MESSAGE_CHARS, InputError, clean_text, invalid, shown
 from web.journal import Journal
 from web.ratelimit import TokenBucket
 from web.relay import Relay
-from web import todos, workers
+from web import assistant_actions, todos, workers
 
 STATIC_DIR = Path(__file__).parent / "static"
 CHAT_HISTORY_SHOWN = 100  # messages rendered at once; "Load earlier messages" fetches the ones before
-CHAT_TYPES = (*protocol.ASKS, protocol.REPLY_SAVED, protocol.NOTE_SHOWN)  # what the chat log shows
+CHAT_TYPES = (*protocol.ASKS, protocol.REPLY_SAVED, protocol.NOTE_SHOWN,  # what the chat log shows
+              protocol.TOOL_APPLIED, protocol.TOOL_PROPOSED)
 
 # htmx does not swap 4xx responses by default; a 422 carries the form back with its error message.
 HTMX_CONFIG = {
@@ -104,7 +105,7 @@ def create_app(settings: Settings) -> FastHTML:
         journal.publisher = Publisher(settings.bus_pub_addr, src="web", keys_dir=settings.bus_keys_dir)
         subscriber = Subscriber(settings.bus_sub_addr, [protocol.LLM], context, settings.bus_keys_dir)
         router = workers.bind(settings.journal_addr, context, settings.bus_keys_dir)
-        requests = workers.WorkerRequests(router, journal, relay.claims)
+        requests = workers.WorkerRequests(router, journal, relay.claims, tools)
         tasks = [
             supervised("journal server", requests.serve),
             supervised("connection watch", requests.watch_connections),
@@ -143,11 +144,14 @@ def create_app(settings: Settings) -> FastHTML:
     # cost O(list size) and stalled token relay meanwhile (see README, Performance). The list's routes, and what a
     # change sends, are in web/todos.py.
     lists = todos.add_routes(app, store, journal, clients)
+    tools = assistant_actions.AssistantActions(store, journal, clients, lists, relay.claims, relay.show_reply)
+    assistant_actions.add_routes(app, tools)
 
     def chat_history(before: int | None = None) -> list:
         # One more than shown, to know whether there is anything earlier: the page never renders it all.
         chat = store.recent_entries(CHAT_HISTORY_SHOWN + 1, CHAT_TYPES, before)
-        return ChatHistory(chat[-CHAT_HISTORY_SHOWN:], more=len(chat) > CHAT_HISTORY_SHOWN)
+        settled = store.settlements([e.seq for e in chat if e.type in protocol.TOOL_TYPES])  # Undo, Allow/Deny
+        return ChatHistory(chat[-CHAT_HISTORY_SHOWN:], more=len(chat) > CHAT_HISTORY_SHOWN, settled=settled)
 
     recent_chat: dict = {}  # the saved history as rendered at a journal head: {head seq: markup}
 
