@@ -52,6 +52,7 @@ def describe_tool(entry: Message) -> tuple[str, str]:
         return "assistant", f"[I asked the person to allow {change}]"
     outcome = data.get("outcome")
     if outcome == "failed":
-        return "user", f"[allowed {change}, but it failed: {data.get('reason', '')}]"
+        verb = "undid your change:" if action in ("add", "done") else "allowed"
+        return "user", f"[{verb} {change}, but it could not be done: {data.get('reason', '')}]"
     verb = {"undone": "undid your change:", "allowed": "allowed", "denied": "denied"}.get(outcome, "settled")
     return "user", f"[{verb} {change}]"

@@ -29,7 +29,7 @@ VERSION = "0.13.0"
 class FakeModel:
     name: str
     parameter_size: str = "3.2B"
-    capabilities: tuple[str, ...] = ("completion", "tools")
+    capabilities: tuple[str, ...] = ("completion", "tools", "thinking")  # as qwen3
     family: str = "llama"
     context_length: int = 131072  # model_info["<family>.context_length"] in /api/show
 

@@ -258,6 +258,14 @@ def test_the_tap_shows_every_message_type(system, fake_ollama):
         post(system, "/todos", title="clear me")
         post(system, f"/todos/{system.bus.wait_for('journal.todo.added', title='clear me').data['id']}/toggle")
         post(system, "/todos/clear-completed")  # journal.todo.cleared
+        fake_ollama.knobs.thinking = ["hmm"]  # llm.thinking
+        fake_ollama.knobs.tool_calls = lambda request: [] if request["messages"][-1]["role"] == "tool" else [
+            {"name": "add_todo", "arguments": {"title": "tool me"}},  # journal.tool.applied (#1: the list is empty)
+            {"name": "delete_todo", "arguments": {"id": 1}}]  # journal.tool.proposed
+        post(system, "/chat", text="add one and drop it")
+        proposed = system.bus.wait_for("journal.tool.proposed")
+        assert post(system, f"/tools/{proposed.seq}/deny").status_code == 204  # journal.tool.settled
+        fake_ollama.knobs.tool_calls = lambda request: []
         fake_ollama.knobs.status = 500
         post(system, "/chat", text="hello tap")
         system.bus.wait_for("llm.error")

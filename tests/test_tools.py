@@ -228,3 +228,20 @@ def test_a_finished_reply_shows_its_model_speed_and_first_token_time_and_a_stopp
     fake_ollama.release()
     page = httpx.get(system.url + "/", timeout=5).text
     assert page.count('class="stats"') == 1 and "stopped" in page
+
+
+def test_allowing_a_deletion_after_the_todo_changed_deletes_nothing_even_when_its_id_was_reused(system, fake_ollama):
+    post(system, "/todos", title="keep me")
+    post(system, "/todos", title="stale")
+    system.bus.wait_for("journal.reply.saved", covers_seq=system.bus.wait_for("journal.todo.added", id=2).seq)
+    fake_ollama.knobs.tool_calls = once(call("delete_todo", id=2))
+    ask(system, "drop the stale one")
+    proposed = system.bus.wait_for("journal.tool.proposed")
+    assert httpx.delete(f"{system.url}/todos/2", headers=HTMX, timeout=5).status_code == 200
+    post(system, "/todos", title="new and precious")  # SQLite gives it id 2 again
+    assert todos(system)[2] == ("new and precious", False)
+    assert settle(system, proposed.seq, "allow").status_code == 204
+    settled = system.bus.wait_for("journal.tool.settled")
+    assert settled.data["outcome"] == "failed" and "deleted" not in settled.data
+    assert todos(system) == {1: ("keep me", False), 2: ("new and precious", False)}
+    assert "Could not: todo #2 was changed or deleted since." in httpx.get(system.url + "/", timeout=5).text

@@ -189,9 +189,10 @@ class AssistantActions:
     def _settle_change(self, data: dict, todo: Todo | None, settled: dict):
         """Inside the settling entry's transaction: the change Undo or Allow makes, and what it did to the list;
         returns what shows it in every tab, once committed."""
-        if todo is None:
-            settled.update(outcome="failed" if data["action"] in ("rename", "delete") else settled["outcome"],
-                           reason=f"todo #{data['id']} no longer exists")
+        if todo is None or todo.title != data["title"]:
+            # Ids are reused once the newest todo is deleted: a different title is a different todo (or one the
+            # person has changed since), and the change is not made to it.
+            settled.update(outcome="failed", reason=f"todo #{data['id']} was changed or deleted since")
             return None
         if data["action"] in ("add", "delete"):  # undoing an add deletes; allowing a delete deletes
             self.store.delete_todo(todo.id)
