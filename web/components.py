@@ -407,7 +407,7 @@ TOOL_OUTCOMES = {"undone": "Undone.", "allowed": "Allowed.", "denied": "Denied: 
 def ToolEntry(entry: Message, settled: Message | None):
     """What the assistant did (with Undo) or wants to do (with Allow and Deny), until the person settles it."""
     data = entry.data
-    title, todo_id = str(data.get("title", "")), data.get("id")
+    title = str(data.get("title", ""))
     proposed = entry.type == TOOL_PROPOSED
     if data.get("action") == "add":
         text = f"Added “{title}”."
@@ -427,5 +427,5 @@ def ToolEntry(entry: Message, settled: Message | None):
         outcome = settled.data.get("outcome")
         after = P(TOOL_OUTCOMES.get(outcome) or f"Could not: {settled.data.get('reason', outcome)}.",
                   cls="outcome")
-    return Div(Speaker("Assistant"), P(text, cls="action", data_todo=f"todo-{todo_id}"), after,
+    return Div(Speaker("Assistant"), P(text, cls="action"), after,
                id=f"tool-{entry.seq}", cls="msg tool pending" if proposed and settled is None else "msg tool")
