@@ -8,8 +8,10 @@ import sqlite3
 
 import httpx
 
+from services import protocol
 from tests.fake_ollama import FakeModel, FakeOllama
 from tests.system import HTMX, System, Tab, running
+from tests.test_claims import ForgedWorker
 from tests.test_system import post
 
 
@@ -245,3 +247,49 @@ def test_allowing_a_deletion_after_the_todo_changed_deletes_nothing_even_when_it
     assert settled.data["outcome"] == "failed" and "deleted" not in settled.data
     assert todos(system) == {1: ("keep me", False), 2: ("new and precious", False)}
     assert "Could not: todo #2 was changed or deleted since." in httpx.get(system.url + "/", timeout=5).text
+
+
+def test_a_tool_call_while_the_database_is_locked_stores_nothing_and_tells_the_model(system, fake_ollama):
+    blocker = sqlite3.connect(system.data_dir / "app.sqlite3", isolation_level=None, check_same_thread=False)
+
+    def lock_then_release(request):  # (runs in the fake's thread, as the model answers)
+        if request["messages"][-1]["role"] == "tool":
+            blocker.execute("ROLLBACK")  # the other program lets go before the reply is saved
+            return []
+        blocker.execute("BEGIN EXCLUSIVE")  # another program holds the database during the call
+        return [call("add_todo", title="not now")]
+
+    fake_ollama.knobs.tool_calls = lock_then_release
+    try:
+        reply = ask(system, "add something")
+    finally:
+        blocker.close()
+    assert reply.data["done_reason"] == "stop"
+    [result] = tool_results(fake_ollama.requests[-1])
+    assert result.startswith("Error: The list could not be changed now (database is locked); nothing was stored.")
+    assert todos(system) == {} and system.bus.of_type("journal.tool.applied") == []
+
+
+def test_the_web_hears_tool_calls_only_from_the_claim_holder_once_each_and_at_most_ten(tmp_path):
+    with running(tmp_path, "http://127.0.0.1:9", worker=False) as app:  # the test is the worker
+        post(app, "/chat", text="add ten things")
+        worker = ForgedWorker(app, "forged")
+        try:
+            token = worker.ask(protocol.OP_CLAIM, covers_seq=1, answered_through=0)["token"]
+
+            def tool(call_id: str, title: str, under: int = token) -> dict:
+                worker.dealer.send(protocol.encode_request(protocol.OP_HEARTBEAT, 0, worker_id="forged"))  # lease
+                return worker.ask(protocol.OP_TOOL, token=under, reply_id="rf", call_id=call_id, name="add_todo",
+                                  arguments={"title": title})
+
+            refused = tool("rf-0", "sneaky", under=token + 1)
+            assert refused["ok"] is False and "no longer holds the claim" in refused["result"]
+            results = [tool(f"rf-{n}", f"thing {n}") for n in range(1, 11)]
+            assert all(r["ok"] for r in results)
+            again = tool("rf-3", "thing 3 again")  # the link sending a request again: answered, not re-applied
+            assert (again["ok"], again["result"]) == (True, results[2]["result"])
+            capped = tool("rf-11", "one too many")
+            assert capped["ok"] is False and capped["result"] == "At most 10 changes per reply: this one was not made."
+        finally:
+            worker.close()
+        assert sorted(title for title, _ in todos(app).values()) == sorted(f"thing {n}" for n in range(1, 11))
