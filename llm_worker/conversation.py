@@ -113,8 +113,8 @@ class Conversation:
             self.todos = {todo_id: (title, done) for todo_id, title, done in todos}
         # The list before the window, as near as the head's list tells: without the todos the window adds (its
         # deletes are gone from the head's list already; its toggles and renames show their outcome early).
-        added = {e.data.get("id") for e in self.entries
-                 if e.type == protocol.TODO_ADDED or (e.type == protocol.TOOL_APPLIED and e.data.get("action") == "add")}
+        added = {e.data.get("id") for e in self.entries if e.type == protocol.TODO_ADDED
+                 or (e.type == protocol.TOOL_APPLIED and e.data.get("action") == "add")}
         self.window_todos = {todo_id: todo for todo_id, todo in self.todos.items() if todo_id not in added}
         if not entries:
             self.saved_through = head_seq  # an empty journal has nothing to answer
