@@ -4,6 +4,7 @@ heartbeat. It keeps no durable state: everything it knows is rebuilt from the we
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from llm_worker.conversation import Applied, Conversation
 from llm_worker.link import JournalLink
 from llm_worker.ollama import OllamaClient, OllamaError
 from llm_worker.thought import Thought
-from llm_worker.tools import ToolSession
+from llm_worker.tools import TOOLS, ToolSession
 
 IDLE_RESYNC_S = 5.0  # with no journal traffic for this long, ask the web anyway: recovers anything PUB dropped
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 10.0  # backoff while Ollama is failing; a new action retries at once
@@ -219,7 +220,10 @@ class Worker:
             if not self._model_checked:  # the try after a failure: the model, or its context window, may differ
                 await self._ensure_model()
             self._set_state("thinking")
-            messages = self.conversation.prompt(covers_seq, self.num_ctx - self.settings.num_predict)
+            budget = self.num_ctx - self.settings.num_predict
+            if "tools" in self.capabilities:  # their schemas go into the prompt too
+                budget -= self.conversation.estimate_tokens(json.dumps(TOOLS))
+            messages = self.conversation.prompt(covers_seq, budget)
             done_reason, stats = await self._stream(reply_id, token, messages, parts, thought)
         except OllamaError as error:
             self._fail(reply_id, token, str(error))

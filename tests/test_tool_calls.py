@@ -11,7 +11,8 @@ import pytest
 from llm_worker.conversation import Conversation
 from llm_worker.thought import MAX_THINKING_CHARS, Thought
 from llm_worker.tools import ToolCall, ToolSession, parse_tool_calls
-from services import protocol
+from services import config, protocol
+from services.config import ConfigError
 from services.protocol import Message, ProtocolError
 from web.assistant_actions import ToolError, arguments_of
 
@@ -116,3 +117,11 @@ def test_the_assistants_changes_are_not_answered_and_sit_with_the_reply_they_cam
         ("assistant", "[I asked the person to allow deleting todo #2 “bread”]\nShall I?"),
         ("user", "[allowed deleting todo #2 “bread”]\nand?"),
     ]
+
+
+def test_ollama_think_reads_on_off_and_the_levels():
+    assert config.load({}).think is True
+    assert config.load({"OLLAMA_THINK": "off"}).think is False
+    assert config.load({"OLLAMA_THINK": " High "}).think == "high"
+    with pytest.raises(ConfigError, match="OLLAMA_THINK='maybe': use on, off, low, medium or high"):
+        config.load({"OLLAMA_THINK": "maybe"})

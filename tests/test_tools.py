@@ -90,6 +90,15 @@ def test_marking_done_applies_at_once_and_undo_puts_it_back_once(system, fake_ol
     assert second.status_code == 409 and "already undone" in second.text
     assert settle(system, applied.seq, "allow").status_code == 404  # an applied change is not a proposal
     assert "Undone." in httpx.get(system.url + "/", timeout=5).text
+    post(system, "/todos/1/toggle")  # the person ticks it off after all; the model takes it back
+    toggled = system.bus.wait_for("journal.todo.toggled", done=True)
+    system.bus.wait_for("journal.reply.saved", covers_seq=toggled.seq)
+    fake_ollama.knobs.tool_calls = once(call("set_todo_done", id=1, done=False), call("set_todo_done", id=1, done=False))
+    ask(system, "actually, not yet")
+    assert todos(system) == {1: ("water the plants", False)}
+    assert tool_results(fake_ollama.requests[-1]) == [
+        "Marked todo #1 “water the plants” as not done. The person can undo it.",
+        "Nothing to change: the todo is already like that."]
 
 
 def test_rename_and_delete_wait_for_the_person_across_a_restart_of_every_process(tmp_path, fake_ollama):

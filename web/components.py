@@ -418,14 +418,15 @@ def ToolEntry(entry: Message, settled: Message | None):
     else:
         text = f"Wants to delete “{title}”."
     if settled is None:
-        base = f"/tools/{entry.seq}"
-        buttons = ([Button("Allow", hx_post=f"{base}/allow", hx_swap="none", cls="allow"),
-                    Button("Deny", hx_post=f"{base}/deny", hx_swap="none", cls="deny")] if proposed
-                   else [Button("Undo", hx_post=f"{base}/undo", hx_swap="none", cls="undo")])
+        # Each button names its change for a screen reader (several may wait at once); its name stays the word.
+        base, described = f"/tools/{entry.seq}", {"hx_swap": "none", "aria_describedby": f"tool-{entry.seq}-text"}
+        buttons = ([Button("Allow", hx_post=f"{base}/allow", cls="allow", **described),
+                    Button("Deny", hx_post=f"{base}/deny", cls="deny", **described)] if proposed
+                   else [Button("Undo", hx_post=f"{base}/undo", cls="undo", **described)])
         after = Div(*buttons, cls="tool-actions")
     else:
         outcome = settled.data.get("outcome")
         after = P(TOOL_OUTCOMES.get(outcome) or f"Could not: {settled.data.get('reason', outcome)}.",
                   cls="outcome")
-    return Div(Speaker("Assistant"), P(text, cls="action"), after,
+    return Div(Speaker("Assistant"), P(text, cls="action", id=f"tool-{entry.seq}-text"), after,
                id=f"tool-{entry.seq}", cls="msg tool pending" if proposed and settled is None else "msg tool")
