@@ -16,7 +16,7 @@ import zmq.asyncio
 from services import protocol
 from services.busclient import Publisher, Subscriber
 from services.config import Settings
-from services.protocol import Message
+from services.protocol import MAX_TOOL_CALLS, Message
 from services.tasks import supervised
 from services.text import MAX_REPLY_CHARS
 from llm_worker.conversation import Applied, Conversation
@@ -271,7 +271,7 @@ class Worker:
                                       text=content)
                         parts.append(content)
                         length += len(content)
-                    calls += chunk.tool_calls
+                    calls += chunk.tool_calls[:MAX_TOOL_CALLS + 1 - len(calls)]  # beyond: refused unseen
                     if chunk.done:
                         done_reason, stats = chunk.done_reason or "stop", chunk.stats
                         # The prompt's exact size sharpens the next budget; later rounds also carry the tools.

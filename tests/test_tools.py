@@ -302,3 +302,16 @@ def test_the_web_hears_tool_calls_only_from_the_claim_holder_once_each_and_at_mo
         finally:
             worker.close()
         assert sorted(title for title, _ in todos(app).values()) == sorted(f"thing {n}" for n in range(1, 11))
+
+
+def test_stop_after_a_tool_call_keeps_the_change_with_its_undo_and_the_reply_marked_stopped(system, fake_ollama):
+    fake_ollama.knobs.tool_calls = once(call("add_todo", title="stay added"))
+    fake_ollama.knobs.hold_after_tokens = 1  # the answer after the call pauses, until released
+    post(system, "/chat", text="add it and explain at length")
+    applied = system.bus.wait_for("journal.tool.applied")
+    system.bus.wait_for("llm.token", text="Noted,")
+    post(system, "/stop")
+    saved = system.bus.wait_for("journal.reply.saved", done_reason="stopped")
+    fake_ollama.release()
+    assert saved.data["text"] == "Noted," and todos(system) == {1: ("stay added", False)}
+    assert settle(system, applied.seq, "undo").status_code == 204 and todos(system) == {}
