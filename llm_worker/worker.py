@@ -274,9 +274,11 @@ class Worker:
                     calls += chunk.tool_calls[:MAX_TOOL_CALLS + 1 - len(calls)]  # beyond: refused unseen
                     if chunk.done:
                         done_reason, stats = chunk.done_reason or "stop", chunk.stats
-                        # The prompt's exact size sharpens the next budget; later rounds also carry the tools.
+                        # The prompt's exact size (its tools' schemas included) sharpens the next budget; later
+                        # rounds carry the calls and their results, which the budget does not cover anyway.
                         if "prompt_eval_count" in stats and first_round:
-                            self.conversation.calibrate(messages, int(stats["prompt_eval_count"]))
+                            schemas = [{"content": json.dumps(TOOLS)}] if tools is not None else []
+                            self.conversation.calibrate(schemas + messages, int(stats["prompt_eval_count"]))
                     elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
                         return "length", {}
             thought.end()

@@ -196,7 +196,10 @@ class FakeOllama:
         if knobs.status != 200:
             await asyncio.sleep(knobs.first_token_delay_s)
             return JSONResponse({"error": knobs.error_message}, status_code=knobs.status)
-        cost = runner.evaluate(body.get("messages") or [], time.monotonic(), body.get("keep_alive"))
+        # Ollama renders the tools' schemas into the prompt (here: ahead of the messages, as qwen's template does),
+        # so they count in prompt_eval_count and take room in the context.
+        tools = [{"role": "tools", "content": json.dumps(body["tools"])}] if body.get("tools") else []
+        cost = runner.evaluate(tools + (body.get("messages") or []), time.monotonic(), body.get("keep_alive"))
         self.evaluations.append(cost)
         # Loading and evaluating the prompt come before the first chunk: not even headers are sent meanwhile.
         await asyncio.sleep(knobs.first_token_delay_s + cost.first_token_s)

@@ -323,7 +323,8 @@ def test_the_model_is_loaded_before_the_first_comment_and_every_request_keeps_it
 def test_prompts_fit_the_models_own_context_once_its_tokenizer_is_measured(tmp_path):
     from tests.fake_ollama import FakeModel
     from tests.fake_runner import prompt_token_count
-    with FakeOllama(models=[FakeModel("small:latest", context_length=2048)]) as fake:
+    # A model without tools: their schemas (~650 tokens here) would leave the history too little of 2048 to test.
+    with FakeOllama(models=[FakeModel("small:latest", context_length=2048, capabilities=("completion",))]) as fake:
         fake.knobs.chars_per_token = 2.5  # denser than the worker's first guess
         with running(tmp_path, fake.url, ACTIONS_PER_S="1000", ACTION_BURST="1000") as app:  # OLLAMA_NUM_CTX 4096
             app.bus.wait_for("llm.status", timeout_s=15, state="ready")

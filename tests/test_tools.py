@@ -315,3 +315,16 @@ def test_stop_after_a_tool_call_keeps_the_change_with_its_undo_and_the_reply_mar
     fake_ollama.release()
     assert saved.data["text"] == "Noted," and todos(system) == {1: ("stay added", False)}
     assert settle(system, applied.seq, "undo").status_code == 204 and todos(system) == {}
+
+
+def test_prompts_with_tools_fit_the_context_with_their_schemas_counted(tmp_path):
+    with FakeOllama(models=[FakeModel("small:latest", context_length=2048)]) as fake:
+        fake.knobs.chars_per_token = 2.5  # denser than the worker's first guess
+        with running(tmp_path, fake.url, ACTIONS_PER_S="1000", ACTION_BURST="1000") as app:
+            app.bus.wait_for("llm.status", timeout_s=15, state="ready")
+            for turn in range(25):
+                ask(app, f"turn {turn}: " + " ".join(["tell me more about that"] * 8))
+        sizes = [cost.prompt_tokens for cost in fake.evaluations]  # Ollama's count: the schemas included
+    assert all(request["tools"] for request in fake.requests)
+    assert max(sizes) > 1_200  # the history did fill the window
+    assert max(sizes[5:]) <= 2048 - 512  # num_ctx − num_predict, once the first replies have been measured
