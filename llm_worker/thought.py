@@ -16,15 +16,18 @@ class Thought:
         self.seconds = 0.0  # spent thinking, over every round of a reply that calls tools
         self._since: float | None = None  # thinking now, since then
 
-    def add(self, text: str) -> bool:
-        """A thinking chunk; False once the thinking is over its bound (it is then neither kept nor shown)."""
+    def add(self, text: str) -> str:
+        """A thinking chunk; what to show of it: "" once the thinking is over its bound (it is then neither kept
+        nor shown). Thinking again after a tool call starts a paragraph of its own."""
         if self._since is None:
             self._since = self.clock()
+            if self.parts:
+                text = "\n\n" + text
         if self.length + len(text) > MAX_THINKING_CHARS:
-            return False
+            return ""
         self.parts.append(text)
         self.length += len(text)
-        return True
+        return text
 
     def end(self) -> None:
         """The answer (or the round) began: thinking time stops counting."""

@@ -262,8 +262,9 @@ class Worker:
             stream = self.ollama.chat(self.model, messages, self.num_ctx, tools and tools.offered(), think)
             async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
                 async for chunk in chunks:
-                    if chunk.thinking and thought.add(chunk.thinking):
-                        self._publish(protocol.LLM_THINKING, reply_id=reply_id, token=token, text=chunk.thinking)
+                    thinking = thought.add(chunk.thinking) if chunk.thinking else ""
+                    if thinking:
+                        self._publish(protocol.LLM_THINKING, reply_id=reply_id, token=token, text=thinking)
                     if chunk.content:
                         thought.end()
                         content = chunk.content[:MAX_REPLY_CHARS - length]

@@ -77,12 +77,14 @@ def test_a_reply_runs_at_most_ten_calls_and_then_offers_no_tools():
 def test_thinking_is_timed_until_the_answer_begins_and_bounded():
     now = [100.0]
     thought = Thought(clock=lambda: now[0])
-    assert thought.add("let me see")
+    assert thought.add("let me see") == "let me see"
     now[0] += 2.5
     thought.end()
-    now[0] += 10  # answering: not thinking
-    assert thought.done_fields() == {"thinking": "let me see", "thinking_s": 2.5}
-    assert not thought.add("x" * MAX_THINKING_CHARS) and Thought().done_fields() == {}
+    now[0] += 10  # answering (or a tool call): not thinking
+    assert thought.add("again") == "\n\nagain"  # after a tool call: a paragraph of its own
+    now[0] += 1
+    assert thought.done_fields() == {"thinking": "let me see\n\nagain", "thinking_s": 3.5}
+    assert thought.add("x" * MAX_THINKING_CHARS) == "" and Thought().done_fields() == {}
 
 
 def entry(seq: int, kind: str, src: str = "web", **data) -> Message:

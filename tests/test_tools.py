@@ -209,7 +209,7 @@ def test_thinking_is_published_apart_saved_with_the_reply_and_kept_out_of_later_
             assert saved.data["thinking"] == "The person wants <b>help</b>." and "help</b>" not in saved.data["text"]
             assert isinstance(saved.data["thinking_s"], float) and fake.requests[-1]["think"] is True
             page = httpx.get(app.url + "/", timeout=5).text
-            assert re.search(r"<summary>Thought for \d+ s</summary>", page)
+            assert re.search(r"<summary>Thought for [\d.]+ s</summary>", page)
             assert "wants &lt;b&gt;help&lt;/b&gt;." in page  # escaped, like all model output
             ask(app, "and now?")
             assert not any("The person wants" in m["content"] for m in fake.requests[-1]["messages"])

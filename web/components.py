@@ -378,7 +378,8 @@ def Thinking(reply: Reply):
     if reply.done_reason is None:
         summary = "Thinking…"
     else:
-        summary = f"Thought for {reply.thinking_s:.0f} s" if reply.thinking_s is not None else "Thought"
+        seconds = reply.thinking_s
+        summary = "Thought" if seconds is None else f"Thought for {seconds:.{1 if seconds < 10 else 0}f} s"
     return Details(Summary(summary), Div(text, id=thinking_id(reply.reply_id), cls="thought"), cls="thinking")
 
 
