@@ -17,6 +17,50 @@ from llm_worker.tools import ToolCall, parse_tool_calls
 
 
 
+class Silence:
+    """A deadline on the gaps between a stream's lines: `wait(read)` raises TimeoutError once nothing came for
+    `allowed_s`. One timer per allowance, not one per line: asyncio.timeout() around each read scheduled and
+    cancelled a timer for every token, a fifth of the worker's CPU per token (tests/bench/profile.py). The timer
+    cancels the task only while it waits in `wait`, never while its caller handles a line."""
+
+    def __init__(self, allowed_s: float) -> None:
+        self.allowed_s = allowed_s
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._waiting_since = self._loop.time()
+        self._waiting = self._expired = False
+        self._timer = self._loop.call_at(self._waiting_since + allowed_s, self._check)
+
+    async def wait(self, read):
+        self._waiting, self._waiting_since = True, self._loop.time()
+        try:
+            return await read
+        except asyncio.CancelledError:
+            if self._expired and self._task.uncancel() == 0:  # our cancel, and nobody else's: a timeout
+                raise asyncio.TimeoutError from None
+            raise
+        finally:
+            self._waiting = False
+
+    def _check(self) -> None:
+        now, due = self._loop.time(), self._waiting_since + self.allowed_s
+        if self._waiting and now >= due:
+            self._expired = True
+            self._task.cancel()
+        else:  # heard from in time (or not waiting now): look again when the current wait could run out
+            self._timer = self._loop.call_at(due if self._waiting else now + self.allowed_s, self._check)
+
+    def allow(self, seconds: float) -> None:
+        """From now on, gaps of up to `seconds` (the first line may take longer than the gaps after it)."""
+        if seconds != self.allowed_s:
+            self.allowed_s = seconds
+            self._timer.cancel()
+            self._timer = self._loop.call_at(self._waiting_since + seconds, self._check)
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+
 class OllamaError(Exception):
     """A failure a person can act on; str() is the message shown in the chat."""
 
@@ -131,25 +175,28 @@ class OllamaClient:
                 await response.aread()
                 raise self._status_error(response, model)
             lines = response.aiter_lines()
-            deadline_s = self.settings.first_token_timeout_s
-            while True:
-                try:
-                    async with asyncio.timeout(deadline_s):  # not wait_for: in 3.11 it can swallow a cancel
-                        line = await anext(lines)
-                except StopAsyncIteration:
-                    raise OllamaError(f"Ollama ended the reply without finishing it (model {model}).") from None
-                except asyncio.TimeoutError:
-                    raise OllamaError(f"Ollama sent nothing for {deadline_s:g} s in the middle of a reply; it may "
-                                      "be overloaded. Raise OLLAMA_CHUNK_TIMEOUT_S if this is expected.") from None
-                except httpx.HTTPError as error:
-                    raise OllamaError(f"The connection to Ollama broke mid-reply ({error}).") from None
-                deadline_s = self.settings.chunk_timeout_s
-                if not line.strip():
-                    continue
-                chunk = parse_line(line)
-                yield chunk
-                if chunk.done:
-                    return
+            silence = Silence(self.settings.first_token_timeout_s)
+            try:
+                while True:
+                    try:
+                        line = await silence.wait(anext(lines))
+                    except StopAsyncIteration:
+                        raise OllamaError(f"Ollama ended the reply without finishing it (model {model}).") from None
+                    except asyncio.TimeoutError:
+                        raise OllamaError(f"Ollama sent nothing for {silence.allowed_s:g} s in the middle of a reply; "
+                                          "it may be overloaded. Raise OLLAMA_CHUNK_TIMEOUT_S if this is expected."
+                                          ) from None
+                    except httpx.HTTPError as error:
+                        raise OllamaError(f"The connection to Ollama broke mid-reply ({error}).") from None
+                    silence.allow(self.settings.chunk_timeout_s)
+                    if not line.strip():
+                        continue
+                    chunk = parse_line(line)
+                    yield chunk
+                    if chunk.done:
+                        return
+            finally:
+                silence.close()
         finally:
             await response.aclose()
 

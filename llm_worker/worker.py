@@ -23,6 +23,7 @@ from llm_worker.conversation import Applied, Conversation
 from llm_worker.link import JournalLink
 from llm_worker.ollama import OllamaClient, OllamaError
 from llm_worker.thought import Thought
+from llm_worker.tokens import TokenBatch
 from llm_worker.tools import TOOLS, ToolSession
 
 IDLE_RESYNC_S = 5.0  # with no journal traffic for this long, ask the web anyway: recovers anything PUB dropped
@@ -256,37 +257,46 @@ class Worker:
             tools = ToolSession(reply_id, lambda call, call_id: self.link.tool(
                 token, reply_id, call_id, call.name, call.arguments))
         think = self.settings.think if "thinking" in self.capabilities else None
+
+        def sender(kind: str):  # tokens (and thoughts) read together leave as one message: see tokens.py
+            return lambda text, index: self._publish(kind, reply_id=reply_id, token=token, index=index, text=text)
+
+        tokens, thoughts = TokenBatch(sender(protocol.LLM_TOKEN)), TokenBatch(sender(protocol.LLM_THINKING))
         length, first_round = sum(map(len, parts)), True
-        while True:
-            calls, round_start = [], len(parts)
-            stream = self.ollama.chat(self.model, messages, self.num_ctx, tools and tools.offered(), think)
-            async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
-                async for chunk in chunks:
-                    thinking = thought.add(chunk.thinking) if chunk.thinking else ""
-                    if thinking:
-                        self._publish(protocol.LLM_THINKING, reply_id=reply_id, token=token, text=thinking)
-                    if chunk.content:
-                        thought.end()
-                        content = chunk.content[:MAX_REPLY_CHARS - length]
-                        self._publish(protocol.LLM_TOKEN, reply_id=reply_id, token=token, index=len(parts),
-                                      text=content)
-                        parts.append(content)
-                        length += len(content)
-                    calls += chunk.tool_calls[:MAX_TOOL_CALLS + 1 - len(calls)]  # beyond: refused unseen
-                    if chunk.done:
-                        done_reason, stats = chunk.done_reason or "stop", chunk.stats
-                        # The prompt's exact size (its tools' schemas included) sharpens the next budget; later
-                        # rounds carry the calls and their results, which the budget does not cover anyway.
-                        if "prompt_eval_count" in stats and first_round:
-                            schemas = [{"content": json.dumps(TOOLS)}] if tools is not None else []
-                            self.conversation.calibrate(schemas + messages, int(stats["prompt_eval_count"]))
-                    elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
-                        return "length", {}
-            thought.end()
-            if not calls or tools is None:
-                return done_reason, stats
-            messages = messages + await tools.run(calls, "".join(parts[round_start:]))
-            first_round = False
+        try:
+            while True:
+                calls, round_start = [], len(parts)
+                stream = self.ollama.chat(self.model, messages, self.num_ctx, tools and tools.offered(), think)
+                async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
+                    async for chunk in chunks:
+                        thinking = thought.add(chunk.thinking) if chunk.thinking else ""
+                        if thinking:
+                            thoughts.add(thinking)
+                        if chunk.content:
+                            thought.end()
+                            content = chunk.content[:MAX_REPLY_CHARS - length]
+                            tokens.add(content)
+                            parts.append(content)
+                            length += len(content)
+                        calls += chunk.tool_calls[:MAX_TOOL_CALLS + 1 - len(calls)]  # beyond: refused unseen
+                        if chunk.done:
+                            done_reason, stats = chunk.done_reason or "stop", chunk.stats
+                            # The prompt's exact size (its tools' schemas included) sharpens the next budget;
+                            # later rounds carry the calls and their results, which the budget does not cover.
+                            if "prompt_eval_count" in stats and first_round:
+                                schemas = [{"content": json.dumps(TOOLS)}] if tools is not None else []
+                                self.conversation.calibrate(schemas + messages, int(stats["prompt_eval_count"]))
+                        elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
+                            return "length", {}
+                thought.end()
+                if not calls or tools is None:
+                    return done_reason, stats
+                tokens.flush()  # what it said before the calls is shown before the changes they make
+                messages = messages + await tools.run(calls, "".join(parts[round_start:]))
+                first_round = False
+        finally:
+            tokens.flush()  # what Ollama said goes out before whatever ends the reply
+            thoughts.flush()
 
     def _fail(self, reply_id: str, token: int, message: str) -> None:
         log.warning("reply %s failed: %s", reply_id, message)

@@ -92,7 +92,7 @@ STOP = "control.stop"
 
 LLM = "llm."
 LLM_START = "llm.start"
-LLM_TOKEN = "llm.token"
+LLM_TOKEN = "llm.token"  # {reply_id, token, index, text}: the tokens Ollama sent together, from the index-th on
 LLM_DONE = "llm.done"
 LLM_ERROR = "llm.error"
 LLM_STATUS = "llm.status"

@@ -131,6 +131,8 @@ def test_a_port_in_use_or_a_bad_setting_ends_the_web_with_one_clear_line(tmp_pat
         "port": ({"WEB_PORT": str(taken.getsockname()[1])}, "already in use"),
         "setting": ({"WEB_PORT": "five thousand"}, "WEB_PORT='five thousand' is not a whole number"),
         "data_dir": ({"DATA_DIR": str(tmp_path / "a-file" / "data")}, "is not writable"),
+        # Beyond loopback, but no Host a phone could send is allowed: refused before anything listens.
+        "lan": ({"WEB_HOST": "0.0.0.0"}, "ALLOWED_HOSTS names no address another device would use"),
     }
     (tmp_path / "a-file").write_text("not a folder")
     try:

@@ -9,7 +9,7 @@ import sys
 
 import uvicorn
 
-from services import config, instance, logs
+from services import access_token, config, instance, logs
 from services.config import StartupError
 from web.app import create_app
 
@@ -31,13 +31,25 @@ def listen(host: str, port: int) -> socket.socket:
         raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
+def access_link(settings: config.Settings) -> str | None:
+    """The link with the access token when WEB_HOST is not loopback (the token is made on first use)."""
+    if not access_token.required(settings):
+        return None
+    return access_token.public_url(settings, access_token.read_or_create(access_token.path(settings)))
+
+
 def main(argv: list[str] | None = None) -> int:
     log = logs.setup("web")
     try:
         settings = config.load()
         logs.setup("web", settings.log_level)
         with instance.hold_lock(settings, "web"):
-            return serve(create_app(settings), listen(settings.web_host, settings.web_port))
+            link = access_link(settings)
+            app = create_app(settings)
+            sock = listen(settings.web_host, settings.web_port)
+            if link:  # once per start, as Jupyter does: the link a phone opens to get its session cookie
+                log.info("listening beyond loopback, so other devices need the access token: open %s", link)
+            return serve(app, sock)
     except StartupError as error:
         log.error("%s", error)
         return 2
@@ -46,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 def serve(app, sock: socket.socket) -> int:
     server = uvicorn.Server(uvicorn.Config(
         app, log_config=None, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, ws_max_size=64 * 1024,
-        ws_per_message_deflate=False))
+        ws_per_message_deflate=False,
+        # The peer address is the socket's own: uvicorn would otherwise take X-Forwarded-For from a loopback peer,
+        # and web/auth.py lets loopback in by that address.
+        proxy_headers=False))
     signal.signal(signal.SIGHUP, server.handle_exit)  # the terminal was closed: end like on SIGTERM
     server.run(sockets=[sock])
     return 0 if server.started else 3

@@ -11,20 +11,21 @@ from pathlib import Path
 
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
-from fasthtml.common import FastHTML, Link, Meta, Safe, Script, to_xml
+from fasthtml.common import FastHTML, Meta, Safe, Script, to_xml
 from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from services import curve, protocol
+from services import access_token, curve, protocol
 from services.busclient import Publisher, Subscriber
 from services.tasks import supervised
 from services.config import Settings
 from store import Store
 from store.db import MAX_INTEGER
 from web.clients import Clients
-from web.components import ChatForm, ChatHistory, ChatLog, Page, Status, UserMessage, oob
+from web.auth import AccessGate
+from web.components import PAGE_HEAD, ChatForm, ChatHistory, ChatLog, Page, Status, UserMessage, oob
 from web.guard import RATE_LIMITED_HEADERS, Guard, allowed_hosts
 from web.inputs import MAX_MESSAGE_CHARS, InputError, clean_text, invalid, shown, whole_number
 from web.journal import Journal
@@ -53,10 +54,8 @@ HTMX_CONFIG = {
     "includeIndicatorStyles": False,
 }
 HEADERS = (
-    Meta(name="viewport", content="width=device-width, initial-scale=1"),
+    *PAGE_HEAD,
     Meta(name="htmx-config", content=json.dumps(HTMX_CONFIG)),
-    Link(rel="stylesheet", href="/static/app.css"),
-    Link(rel="icon", href="/static/favicon.svg", type="image/svg+xml"),  # else every load asks /favicon.ico: 404
     Script(src="/static/vendor/htmx-2.0.8.min.js"),
     Script(src="/static/vendor/htmx-ext-ws-2.0.4.js"),
     Script(src="/static/app.js", defer=True),
@@ -134,6 +133,8 @@ def create_app(settings: Settings) -> FastHTML:
     )
     app.state.relay, app.state.clients, app.state.store = relay, clients, store
     app.add_exception_handler(sqlite3.OperationalError, database_unavailable)
+    if access_token.required(settings):  # added first, so it runs inside the Guard (Host, Origin, CSP)
+        app.add_middleware(AccessGate, token_path=access_token.path(settings), port=settings.web_port)
     app.add_middleware(Guard, hosts=allowed_hosts(settings.allowed_hosts, settings.web_port),
                        bucket=TokenBucket(settings.actions_per_s, settings.action_burst))
 

@@ -8,7 +8,9 @@ import logging
 from fasthtml.common import to_xml
 from starlette.websockets import WebSocket
 
-QUEUE_LIMIT = 2_000  # frames; a tab this far behind is closed rather than buffered without bound
+# A tab this far behind is closed rather than buffered without bound: in characters, not frames, because a frame
+# may carry many tokens (the worker sends tokens it read together as one). About ten of the longest replies.
+QUEUE_LIMIT_CHARS = 1_000_000
 TRY_AGAIN_LATER = 1013  # WebSocket close code on which htmx's ws extension reconnects
 
 log = logging.getLogger(__name__)
@@ -17,6 +19,7 @@ log = logging.getLogger(__name__)
 class Clients:
     def __init__(self) -> None:
         self._queues: dict[WebSocket, asyncio.Queue[str]] = {}
+        self._queued_chars: dict[WebSocket, int] = {}
         self._writers: dict[WebSocket, asyncio.Task] = {}
         self._closing: set[asyncio.Task] = set()
 
@@ -24,12 +27,14 @@ class Clients:
         return len(self._queues)
 
     def connect(self, ws: WebSocket) -> None:
-        queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_LIMIT)
+        queue: asyncio.Queue[str] = asyncio.Queue()
         self._queues[ws] = queue
+        self._queued_chars[ws] = 0
         self._writers[ws] = asyncio.create_task(self._write(ws, queue))
 
     def disconnect(self, ws: WebSocket) -> None:
         self._queues.pop(ws, None)
+        self._queued_chars.pop(ws, None)
         writer = self._writers.pop(ws, None)
         if writer is not None and writer is not asyncio.current_task():
             writer.cancel()
@@ -53,10 +58,12 @@ class Clients:
         queue = self._queues.get(ws)
         if queue is None:
             return
-        try:
+        queued = self._queued_chars[ws] + len(html)
+        if queued <= QUEUE_LIMIT_CHARS:
+            self._queued_chars[ws] = queued
             queue.put_nowait(html)
-        except asyncio.QueueFull:
-            log.warning("a tab fell %d frames behind; disconnecting it so it resyncs", QUEUE_LIMIT)
+        else:
+            log.warning("a tab fell %d characters behind; disconnecting it so it resyncs", QUEUE_LIMIT_CHARS)
             self.disconnect(ws)
             closing = asyncio.create_task(_close(ws))
             self._closing.add(closing)  # keep a reference until it is done, as asyncio requires
@@ -65,7 +72,9 @@ class Clients:
     async def _write(self, ws: WebSocket, queue: asyncio.Queue[str]) -> None:
         try:
             while True:
-                await ws.send_text(await queue.get())
+                html = await queue.get()
+                self._queued_chars[ws] -= len(html)
+                await ws.send_text(html)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # the socket closed under us: forget it

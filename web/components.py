@@ -7,14 +7,25 @@ import re
 from dataclasses import dataclass, field
 
 from fasthtml.common import (
-    A, Button, Details, Div, Footer, Form, H1, H2, Header, Input, Label, Li, Main, Nav, NotStr, P, Section, Span,
-    Summary, Textarea,
-    Title, Safe, Ul, to_xml,
+    A, Button, Details, Div, Footer, Form, H1, H2, Header, Input, Label, Li, Link, Main, Meta, Nav, NotStr, P,
+    Section, Span, Summary, Textarea, Title, Safe, Ul, to_xml,
 )
 
 from services.protocol import CHAT_RETRY, CHAT_SENT, NOTE_SHOWN, TOOL_APPLIED, TOOL_PROPOSED, Message
 from store import Todo
 from web.markdown import to_html
+
+THEME_COLOR = "#1d2330"  # the page's ink colour: the phone's status bar and an installed app's title bar
+# The head every page shares, the login page included: layout at phone width, styles, and what "Add to Home
+# Screen" needs (manifest, icons, theme colour). The icon link also spares every load a /favicon.ico 404.
+PAGE_HEAD = (
+    Meta(name="viewport", content="width=device-width, initial-scale=1"),
+    Meta(name="theme-color", content=THEME_COLOR),
+    Link(rel="stylesheet", href="/static/app.css"),
+    Link(rel="icon", href="/static/favicon.svg", type="image/svg+xml"),
+    Link(rel="apple-touch-icon", href="/static/apple-touch-icon.png"),  # iOS ignores the manifest's icons
+    Link(rel="manifest", href="/static/manifest.webmanifest"),
+)
 
 
 @dataclass

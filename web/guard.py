@@ -14,13 +14,15 @@ from web.ratelimit import TokenBucket
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-    "font-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    "font-src 'self'; manifest-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {
     "content-security-policy": CONTENT_SECURITY_POLICY,
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
 }
+# No Referer leaves the app, unless a response asks for same-origin: the token page does, because with no-referrer a
+# browser sends a plain form POST with `Origin: null`, which the Origin check below rightly refuses.
+DEFAULT_REFERRER_POLICY = "no-referrer"
 # htmx swaps a 429 into the page's notice area instead of the form that was submitted.
 RATE_LIMITED_HEADERS = {"HX-Retarget": "#notice", "HX-Reswap": "innerHTML", "Retry-After": "1"}
 
@@ -53,6 +55,8 @@ class Guard:
                 response_headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     response_headers[name] = value
+                if response_headers.get("referrer-policy") != "same-origin":
+                    response_headers["referrer-policy"] = DEFAULT_REFERRER_POLICY
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -333,3 +333,9 @@ document.addEventListener("htmx:afterSwap", () => {
     else seen.add(row.id);
   });
 });
+
+// The web closes a tab's WebSocket with 1008 when its session has ended (the access token was rotated: see
+// web/auth.py). Reloading shows the token page, instead of a page that silently stopped updating.
+document.addEventListener("htmx:wsClose", (event) => {
+  if (event.detail.event.code === 1008) location.reload();
+});
