@@ -113,7 +113,8 @@ TOOL_APPLIED = "journal.tool.applied"
 TOOL_PROPOSED = "journal.tool.proposed"
 TOOL_SETTLED = "journal.tool.settled"
 TOOL_TYPES = (TOOL_APPLIED, TOOL_PROPOSED, TOOL_SETTLED)
-LLM_THINKING = "llm.thinking"  # a thinking chunk {worker_id, token, reply_id, text}: shown apart, never the reply
+# A model's thinking {worker_id, token, reply_id, index, text}, batched as llm.token is; never part of the reply.
+LLM_THINKING = "llm.thinking"
 MAX_TOOL_CALLS = 10  # per reply: the worker stops offering tools beyond it, and the web refuses more
 
 TODO_ACTIONS = (TODO_ADDED, TODO_TOGGLED, TODO_EDITED, TODO_DELETED, TODO_CLEARED)

@@ -107,7 +107,8 @@ def test_rename_and_delete_wait_for_the_person_across_a_restart_of_every_process
         post(app, "/todos", title="buy milk")
         post(app, "/todos", title="old chore")
         app.bus.wait_for("journal.reply.saved", covers_seq=app.bus.wait_for("journal.todo.added", id=2).seq)
-        fake_ollama.knobs.tool_calls = once(call("rename_todo", id=1, title="buy oat milk"), call("delete_todo", id=2))
+        fake_ollama.knobs.tool_calls = once(call("rename_todo", id=1, title="buy oat milk"),
+                                            call("delete_todo", id=2))
         ask(app, "oat milk, and forget the chore")
         rename, delete = app.bus.of_type("journal.tool.proposed")
         assert (rename.data["action"], rename.data["new_title"], delete.data["action"]) == ("rename", "buy oat milk",
