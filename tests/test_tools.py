@@ -93,7 +93,8 @@ def test_marking_done_applies_at_once_and_undo_puts_it_back_once(system, fake_ol
     post(system, "/todos/1/toggle")  # the person ticks it off after all; the model takes it back
     toggled = system.bus.wait_for("journal.todo.toggled", done=True)
     system.bus.wait_for("journal.reply.saved", covers_seq=toggled.seq)
-    fake_ollama.knobs.tool_calls = once(call("set_todo_done", id=1, done=False), call("set_todo_done", id=1, done=False))
+    fake_ollama.knobs.tool_calls = once(call("set_todo_done", id=1, done=False),
+                                        call("set_todo_done", id=1, done=False))
     ask(system, "actually, not yet")
     assert todos(system) == {1: ("water the plants", False)}
     assert tool_results(fake_ollama.requests[-1]) == [
