@@ -69,12 +69,14 @@ def test_thinking_streams_into_a_collapsed_disclosure_above_the_reply(tmp_path, 
             expect(thinking.locator(".thought")).to_have_text("Weighing <i>options</i>")  # escaped, not markup
             expect(thinking.locator(".thought")).to_be_hidden()  # collapsed
             expect(log.locator(".body.streaming")).to_have_text("")  # never in the reply's text
+            thinking.locator("summary").click()  # opened while it streams ...
+            expect(thinking.locator(".thought")).to_be_visible()
             fake.release()
             expect(thinking.locator("summary")).to_have_text(re.compile(r"^Thought for [\d.]+ s$"))
             expect(log.locator(".msg.assistant .body")).to_have_text("Do it.")
-            thinking.locator("summary").click()
-            expect(thinking.locator(".thought")).to_be_visible()
+            expect(thinking.locator(".thought")).to_be_visible()  # ... it stays open when the reply is finished
             assert page.locator(".thought i").count() == 0
             synced(page, reload=True)
             expect(log.locator("details.thinking summary")).to_have_text(re.compile(r"^Thought for [\d.]+ s$"))
+            expect(log.locator("details.thinking .thought")).to_be_hidden()  # collapsed again after a reload
             expect(log.locator(".msg.assistant .stats")).to_contain_text("qwen3:latest")
