@@ -51,10 +51,15 @@ class Applied(Enum):
     GAP = "gap"  # a seq was skipped: catch up from the journal before going on
 
 
+IN_REPLY = (protocol.REPLY_SAVED, protocol.TOOL_APPLIED, protocol.TOOL_PROPOSED)  # placed with the reply
+
+
 def position(entry: Message) -> int:
-    """Where an entry sits in the conversation: a reply right after the last entry it answers, whatever its seq."""
-    if entry.type == protocol.REPLY_SAVED:
-        return int(entry.data.get("covers_seq", 0))
+    """Where an entry sits in the conversation: a reply (and what the assistant did while writing it) right after
+    the last entry it answers, whatever its seq."""
+    if entry.type in IN_REPLY:
+        covers_seq = entry.data.get("covers_seq", 0)
+        return covers_seq if type(covers_seq) is int else 0
     return entry.seq
 
 
@@ -108,7 +113,8 @@ class Conversation:
             self.todos = {todo_id: (title, done) for todo_id, title, done in todos}
         # The list before the window, as near as the head's list tells: without the todos the window adds (its
         # deletes are gone from the head's list already; its toggles and renames show their outcome early).
-        added = {e.data.get("id") for e in self.entries if e.type == protocol.TODO_ADDED}
+        added = {e.data.get("id") for e in self.entries if e.type == protocol.TODO_ADDED
+                 or (e.type == protocol.TOOL_APPLIED and e.data.get("action") == "add")}
         self.window_todos = {todo_id: todo for todo_id, todo in self.todos.items() if todo_id not in added}
         if not entries:
             self.saved_through = head_seq  # an empty journal has nothing to answer
@@ -122,6 +128,9 @@ class Conversation:
         if entry.type == protocol.REPLY_SAVED:
             self._replace_provisional(entry)
             self.saved_through = max(self.saved_through, int(entry.data.get("covers_seq", 0)))
+        elif entry.type in IN_REPLY:  # the assistant's change: before the words of the reply it came with
+            self._insert_reply(entry)
+            follow_list(self.todos, entry)
         elif entry.type not in protocol.UNSPOKEN:  # who answers, and notes the page showed, are not conversation
             self.entries.append(entry)
             follow_list(self.todos, entry)
@@ -170,7 +179,8 @@ class Conversation:
         message (which always gets its own reply), or, with no chat message waiting, all unanswered actions."""
         batch, answered = [], self.answered_through
         for entry in self.entries:
-            if entry.type == protocol.REPLY_SAVED or entry.seq <= answered:
+            # The assistant's own changes, and the person settling them, are not answered with a comment.
+            if entry.type in (protocol.REPLY_SAVED, *protocol.TOOL_TYPES) or entry.seq <= answered:
                 continue
             batch.append(entry)
             if entry.type in protocol.ASKS:
@@ -201,7 +211,8 @@ class Conversation:
             history = history[dropped:]
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "system", "content": self.window_list}]
         for _, role, content in history:
-            if messages[-1]["role"] == role == "user":  # several actions in a row read as one turn
+            # Several actions in a row read as one turn; so do the assistant's changes and the reply they came with.
+            if messages[-1]["role"] == role != "system":
                 messages[-1]["content"] += "\n" + content
             else:
                 messages.append({"role": role, "content": content})
@@ -219,7 +230,12 @@ class Conversation:
 def follow_list(todos: dict[int, tuple[str, bool]], entry: Message) -> None:
     """Apply a todo action to a list (id → (title, done)); other entries leave it as it is."""
     data = entry.data
-    if entry.type == protocol.TODO_DELETED:
+    if entry.type in protocol.TOOL_TYPES:  # the entry says what it did to the list (see the bus protocol)
+        todo = data.get("todo")
+        if isinstance(todo, list) and len(todo) == 3 and type(todo[0]) is int:
+            todos[todo[0]] = (str(todo[1]), bool(todo[2]))
+        todos.pop(data.get("deleted"), None)
+    elif entry.type == protocol.TODO_DELETED:
         todos.pop(data.get("id"), None)
     elif entry.type == protocol.TODO_CLEARED:  # one entry for all of them: the completed ones at this seq
         for todo_id in [todo_id for todo_id, (_, done) in todos.items() if done]:

@@ -14,6 +14,7 @@ from services import curve, protocol
 from services.busclient import LINGER_MS
 from services.config import Settings
 from services.protocol import Catchup, ProtocolError
+from services.text import valid_unicode
 
 REQUEST_TIMEOUT_S = 2.0  # a request not answered by then is sent again (the web may be restarting)
 
@@ -48,6 +49,13 @@ class JournalLink:
                                 answered_through=answered_through)
         token = reply.get("token")
         return (token, "") if type(token) is int else (None, str(reply.get("reason", "")))
+
+    async def tool(self, token: int, reply_id: str, call_id: str, name: str, arguments: dict) -> tuple[bool, str]:
+        """Ask the web to make a tool call's change (it validates it like a person's input): (ok, its result)."""
+        reply = await self._ask(protocol.OP_TOOL, worker_id=self.worker_id, token=token, reply_id=reply_id,
+                                call_id=call_id, name=name, arguments=arguments)
+        result = reply.get("result")
+        return reply.get("ok") is True, valid_unicode(result) if isinstance(result, str) else "No result."
 
     def heartbeat(self) -> None:
         """The lease on our claim: sent straight to the web, so it holds while the bus restarts. Never waits: with

@@ -13,6 +13,7 @@ import httpx
 from services.config import Settings
 from services.protocol import MODEL_NAME, reply_stats
 from services.text import valid_unicode
+from llm_worker.tools import ToolCall, parse_tool_calls
 
 
 
@@ -71,6 +72,7 @@ class Chunk:
     done: bool = False
     done_reason: str = ""
     stats: dict = field(default_factory=dict)
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 MAX_MODELS = 200  # installed models looked at: more than anyone keeps
@@ -170,10 +172,21 @@ class OllamaClient:
         if response.status_code != 200:
             raise self._status_error(response, model)
 
-    async def chat(self, model: str, messages: list[dict], num_ctx: int) -> AsyncIterator[Chunk]:
-        """Stream one reply. Leaving the iteration early closes the HTTP connection, which stops Ollama generating."""
+    async def capabilities(self, model: str) -> frozenset[str]:
+        """What the model can do ("completion", "tools", "thinking", ...), from /api/show."""
+        found = (await self._get_json("POST", "/api/show", {"model": model})).get("capabilities")
+        return frozenset(c for c in found if isinstance(c, str)) if isinstance(found, list) else frozenset()
+
+    async def chat(self, model: str, messages: list[dict], num_ctx: int, tools: list[dict] | None = None,
+                   think: bool | str | None = None) -> AsyncIterator[Chunk]:
+        """Stream one reply. Leaving the iteration early closes the HTTP connection, which stops Ollama generating.
+        `tools` and `think` are sent only when given: a model without the capability answers 400 to them."""
         body = {"model": model, "messages": messages, "stream": True, "keep_alive": self.settings.keep_alive,
                 "options": {"num_ctx": num_ctx, "num_predict": self.settings.num_predict}}
+        if tools:
+            body["tools"] = tools
+        if think is not None:
+            body["think"] = think
         request = self.http.build_request("POST", "/api/chat", json=body)
         response = await self._send(request, model)
         try:
@@ -268,6 +281,7 @@ def parse_line(line: str) -> Chunk:
         done=obj.get("done") is True,
         done_reason=_text(obj.get("done_reason")),
         stats=reply_stats(obj),
+        tool_calls=parse_tool_calls(message.get("tool_calls")),
     )
 
 

@@ -26,6 +26,8 @@ def describe(entry: Message) -> tuple[str, str]:
         return "user", (f"[switched your model from {data.get('previous') or 'the default'} to {data.get('model')}: "
                         "this is you, speaking through the new model]")
     title = str(data.get("title", ""))
+    if entry.type in protocol.TOOL_TYPES:
+        return describe_tool(entry)
     if entry.type == protocol.TODO_ADDED:
         return "user", f"[added todo #{data['id']}: “{title}”]"
     if entry.type == protocol.TODO_TOGGLED:
@@ -38,3 +40,22 @@ def describe(entry: Message) -> tuple[str, str]:
     if entry.type == protocol.TODO_CLEARED:
         return "user", f"[cleared {data.get('count', 0)} completed todos]"
     raise ValueError(f"not a conversation entry: {entry.type}")
+
+
+def describe_tool(entry: Message) -> tuple[str, str]:
+    """What the assistant did or asked to do (its own turn), and what the person made of it (theirs)."""
+    data = entry.data
+    todo = f"todo #{data.get('id')} “{data.get('title', '')}”"
+    action = data.get("action")
+    change = {"add": f"adding {todo}", "done": f"marking {todo} as {'done' if data.get('done') else 'not done'}",
+              "rename": f"renaming {todo} to “{data.get('new_title', '')}”"}.get(action, f"deleting {todo}")
+    if entry.type == protocol.TOOL_APPLIED:
+        return "assistant", f"[I made a change: {change}]"
+    if entry.type == protocol.TOOL_PROPOSED:
+        return "assistant", f"[I asked the person to allow {change}]"
+    outcome = data.get("outcome")
+    if outcome == "failed":
+        verb = "undid your change:" if action in ("add", "done") else "allowed"
+        return "user", f"[{verb} {change}, but it could not be done: {data.get('reason', '')}]"
+    verb = {"undone": "undid your change:", "allowed": "allowed", "denied": "denied"}.get(outcome, "settled")
+    return "user", f"[{verb} {change}]"

@@ -4,6 +4,7 @@ heartbeat. It keeps no durable state: everything it knows is rebuilt from the we
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -15,14 +16,16 @@ import zmq.asyncio
 from services import protocol
 from services.busclient import Publisher, Subscriber
 from services.config import Settings
-from services.protocol import Message
+from services.protocol import MAX_TOOL_CALLS, Message
 from services.tasks import supervised
 from services.text import MAX_REPLY_CHARS
 from llm_worker.conversation import Applied, Conversation
 from llm_worker.link import JournalLink
 from llm_worker.models import MODELS_REFRESH_S, ModelChoice, Pulls
 from llm_worker.ollama import ModelMissing, OllamaClient, OllamaError
+from llm_worker.thought import Thought
 from llm_worker.tokens import TokenBatch
+from llm_worker.tools import TOOLS, ToolSession
 
 IDLE_RESYNC_S = 5.0  # with no journal traffic for this long, ask the web anyway: recovers anything PUB dropped
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 10.0  # backoff while Ollama is failing; a new action retries at once
@@ -49,6 +52,7 @@ class Worker:
         self.missing = ""  # the model we want and Ollama does not have (the page offers to pull it)
         self._loaded_model = ""  # the model loaded in Ollama since the last failure (see _probe)
         self.num_ctx = settings.num_ctx  # ... and the context window it was loaded with
+        self.capabilities: frozenset[str] = frozenset()  # ... and what it can do: tools? thinking?
         self._retry_s = RETRY_MIN_S
         self.journal_id = ""  # the journal we follow: another one means its data was reset
         self._resync = asyncio.Event()  # a gap was seen while applying: catch up again
@@ -215,6 +219,7 @@ class Worker:
         self.missing = ""
         if model != self._loaded_model:
             self.num_ctx = await self.ollama.context_window(model)
+            self.capabilities = await self.ollama.capabilities(model)
             self._set_state("loading", f"loading model {model}")
             await self.ollama.load(model, self.num_ctx)
             self._loaded_model = model
@@ -224,6 +229,7 @@ class Worker:
         reply_id = "r" + uuid.uuid4().hex[:12]
         covers_seq = batch[-1].seq
         parts: list[str] = []
+        thought = Thought()
         done_reason = "stop"
         self._stop_requested = False
         self._publish(protocol.LLM_START, reply_id=reply_id, token=token, covers_seq=covers_seq,
@@ -232,28 +238,11 @@ class Worker:
             if not self._model_checked:  # the try after a failure: the model, or its context window, may differ
                 await self._ensure_model()
             self._set_state("thinking")
-            messages = self.conversation.prompt(covers_seq, self.num_ctx - self.settings.num_predict)
-            length = 0
-            batch = TokenBatch(lambda text, index: self._publish(
-                protocol.LLM_TOKEN, reply_id=reply_id, token=token, index=index, text=text))
-            stream = self.ollama.chat(self.model, messages, self.num_ctx)
-            try:
-                async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
-                    async for chunk in chunks:
-                        if chunk.content:  # thinking chunks are not the reply: they are not shown
-                            content = chunk.content[:MAX_REPLY_CHARS - length]
-                            batch.add(content)
-                            parts.append(content)
-                            length += len(content)
-                        if chunk.done:
-                            done_reason, stats = chunk.done_reason or "stop", chunk.stats
-                            if "prompt_eval_count" in stats:  # the prompt's exact size: sharpens the next budget
-                                self.conversation.calibrate(messages, int(stats["prompt_eval_count"]))
-                        elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
-                            done_reason, stats = "length", {}
-                            break
-            finally:
-                batch.flush()  # what Ollama said goes out before whatever ends the reply
+            budget = self.num_ctx - self.settings.num_predict
+            if "tools" in self.capabilities:  # their schemas go into the prompt too
+                budget -= self.conversation.estimate_tokens(json.dumps(TOOLS))
+            messages = self.conversation.prompt(covers_seq, budget)
+            done_reason, stats = await self._stream(reply_id, token, messages, parts, thought)
         except OllamaError as error:
             self._fail(reply_id, token, str(error))
             return
@@ -270,11 +259,61 @@ class Worker:
                 raise  # shutting down: the reply stays unanswered and another worker answers it
             done_reason, stats = "stopped", {}
         done = {"reply_id": reply_id, "token": token, "text": "".join(parts), "done_reason": done_reason,
-                "covers_seq": covers_seq, "model": self.model, "stats": stats}
+                "covers_seq": covers_seq, "model": self.model, "stats": stats, **thought.done_fields()}
         self._publish(protocol.LLM_DONE, **done)
         self.conversation.add_own_reply(done)
         self._last_error, self._retry_s = "", RETRY_MIN_S
         self._set_state("ready")
+
+    async def _stream(self, reply_id: str, token: int, messages: list[dict], parts: list[str],
+                      thought: Thought) -> tuple[str, dict]:
+        """Stream the reply's text (into `parts`) and thinking onto the bus. When the model calls tools, the web
+        makes the changes (llm_worker/tools.py) and the model continues from their results, in the same reply."""
+        tools = None
+        if "tools" in self.capabilities:
+            tools = ToolSession(reply_id, lambda call, call_id: self.link.tool(
+                token, reply_id, call_id, call.name, call.arguments))
+        think = self.settings.think if "thinking" in self.capabilities else None
+
+        def sender(kind: str):  # tokens (and thoughts) read together leave as one message: see tokens.py
+            return lambda text, index: self._publish(kind, reply_id=reply_id, token=token, index=index, text=text)
+
+        tokens, thoughts = TokenBatch(sender(protocol.LLM_TOKEN)), TokenBatch(sender(protocol.LLM_THINKING))
+        length, first_round = sum(map(len, parts)), True
+        try:
+            while True:
+                calls, round_start = [], len(parts)
+                stream = self.ollama.chat(self.model, messages, self.num_ctx, tools and tools.offered(), think)
+                async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
+                    async for chunk in chunks:
+                        thinking = thought.add(chunk.thinking) if chunk.thinking else ""
+                        if thinking:
+                            thoughts.add(thinking)
+                        if chunk.content:
+                            thought.end()
+                            content = chunk.content[:MAX_REPLY_CHARS - length]
+                            tokens.add(content)
+                            parts.append(content)
+                            length += len(content)
+                        calls += chunk.tool_calls[:MAX_TOOL_CALLS + 1 - len(calls)]  # beyond: refused unseen
+                        if chunk.done:
+                            done_reason, stats = chunk.done_reason or "stop", chunk.stats
+                            # The prompt's exact size (its tools' schemas included) sharpens the next budget;
+                            # later rounds carry the calls and their results, which the budget does not cover.
+                            if "prompt_eval_count" in stats and first_round:
+                                schemas = [{"content": json.dumps(TOOLS)}] if tools is not None else []
+                                self.conversation.calibrate(schemas + messages, int(stats["prompt_eval_count"]))
+                        elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
+                            return "length", {}
+                thought.end()
+                if not calls or tools is None:
+                    return done_reason, stats
+                tokens.flush()  # what it said before the calls is shown before the changes they make
+                messages = messages + await tools.run(calls, "".join(parts[round_start:]))
+                first_round = False
+        finally:
+            tokens.flush()  # what Ollama said goes out before whatever ends the reply
+            thoughts.flush()
 
     def _fail(self, reply_id: str, token: int, message: str) -> None:
         log.warning("reply %s failed: %s", reply_id, message)

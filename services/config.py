@@ -44,6 +44,7 @@ class Settings:
     heartbeat_s: float
     history_window: int  # journal entries a cold-started worker asks for
     log_level: str
+    think: bool | str = True  # OLLAMA_THINK: a thinking model's `think` (True, False, "low", "medium", "high")
 
     @property
     def run_dir(self) -> Path:
@@ -129,4 +130,13 @@ def load(environ: dict[str, str] | None = None) -> Settings:
         heartbeat_s=_number(env, "HEARTBEAT_S", "1.0", float, 0.05),
         history_window=_number(env, "HISTORY_WINDOW", "500", int, 1),
         log_level=env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO",
+        think=_think(env),
     )
+
+
+def _think(env) -> bool | str:
+    raw = env.get("OLLAMA_THINK", "").strip().lower() or "on"
+    levels = {"on": True, "off": False, "low": "low", "medium": "medium", "high": "high"}
+    if raw not in levels:
+        raise ConfigError(f"OLLAMA_THINK={raw!r}: use on, off, low, medium or high")
+    return levels[raw]

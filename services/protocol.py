@@ -28,6 +28,10 @@ DEALER stays connected for the worker's life, so the web sees a killed worker's 
            →  {"v", "op": "claim", "request_id", "token": <int or None>, "reason": <why not, if None>}
     heartbeat {"v", "op": "heartbeat", "request_id", "worker_id"}        (no reply; every HEARTBEAT_S)
     release   {"v", "op": "release", "request_id", "worker_id", "token"}  (no reply; an offered claim declined)
+    tool      {"v", "op": "tool", "request_id", "worker_id", "token", "reply_id", "call_id", "name", "arguments"}
+           →  {"v", "op": "tool", "request_id", "ok": <bool>, "result": <text for the model>}
+              Only from the holder of the current claim; validated like a person's input and journaled (see
+              journal.tool.* below); a call_id seen before under the same claim is answered again, not re-applied.
 
 Several workers, one answer (the journal is the one sequencer; web/claims.py keeps the rules):
 
@@ -122,14 +126,34 @@ LLM_STATUS = "llm.status"
 LLM_PULL = "llm.pull"  # (issue 12) a pull's progress and outcome
 PULL_STATES = ("pulling", "done", "failed", "cancelled")
 
+# --- The assistant's tool calls and thinking (issue 11) ---------------------------------------------------------
+# A tool call the web accepted is journaled with src "assistant" as one of:
+#   journal.tool.applied   {call_id, reply_id, covers_seq, action: "add"|"done", id, title, done, before_done?,
+#                           todo: [id, title, done]}          (the list changed at once; the person may Undo it)
+#   journal.tool.proposed  {call_id, reply_id, covers_seq, action: "rename"|"delete", id, title, new_title?}
+#                          (nothing changed: it waits for the person's Allow or Deny)
+# and later settled by the person (src "web"), exactly once, by
+#   journal.tool.settled   {settles: <seq of the applied/proposed entry>, outcome: "undone"|"allowed"|"denied"|
+#                           "failed", action, id, title, new_title?, reason?, todo?: [id, title, done],
+#                           deleted?: id}
+# `todo` / `deleted` say how the entry changed the list, so a follower need not know the actions' rules.
+# None of them is answered with a comment; they are conversation all the same (later prompts show them).
+TOOL_APPLIED = "journal.tool.applied"
+TOOL_PROPOSED = "journal.tool.proposed"
+TOOL_SETTLED = "journal.tool.settled"
+TOOL_TYPES = (TOOL_APPLIED, TOOL_PROPOSED, TOOL_SETTLED)
+# A model's thinking {worker_id, token, reply_id, index, text}, batched as llm.token is; never part of the reply.
+LLM_THINKING = "llm.thinking"
+MAX_TOOL_CALLS = 10  # per reply: the worker stops offering tools beyond it, and the web refuses more
+
 TODO_ACTIONS = (TODO_ADDED, TODO_TOGGLED, TODO_EDITED, TODO_DELETED, TODO_CLEARED)
 ASKS = (CHAT_SENT, CHAT_RETRY)  # actions that end a batch: each gets a reply of its own
 CLAIM_TYPES = (CLAIM_GRANTED, CLAIM_ENDED)
 UNSPOKEN = (*CLAIM_TYPES, NOTE_SHOWN)  # journal entries that are not part of the conversation
-JOURNAL_TYPES = (*TODO_ACTIONS, *ASKS, REPLY_SAVED, *UNSPOKEN, MODEL_CHOSEN)
+JOURNAL_TYPES = (*TODO_ACTIONS, *ASKS, REPLY_SAVED, *UNSPOKEN, MODEL_CHOSEN, *TOOL_TYPES)
 MODEL_CONTROLS = (USE_MODEL, PULL, CANCEL_PULL)
 KNOWN_TYPES = frozenset((*JOURNAL_TYPES, STOP, *MODEL_CONTROLS, LLM_START, LLM_TOKEN, LLM_DONE, LLM_ERROR, LLM_STATUS,
-                         LLM_PULL))
+                         LLM_PULL, LLM_THINKING))
 
 
 class ProtocolError(ValueError):
@@ -213,11 +237,14 @@ WORD = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}")
 
 OP_CATCHUP, OP_CLAIM, OP_HEARTBEAT, OP_RELEASE = "catchup", "claim", "heartbeat", "release"
+OP_TOOL = "tool"  # issue 11: a tool call for the web to validate and apply (see the docstring)
 REQUEST_FIELDS = {  # each op's fields and their types, besides v, op and request_id
     OP_CATCHUP: {"after": (int, type(None))},
     OP_CLAIM: {"worker_id": (str,), "covers_seq": (int,), "answered_through": (int,)},
     OP_HEARTBEAT: {"worker_id": (str,)},
     OP_RELEASE: {"worker_id": (str,), "token": (int,)},
+    OP_TOOL: {"worker_id": (str,), "token": (int,), "reply_id": (str,), "call_id": (str,), "name": (str,),
+              "arguments": (dict,)},
 }
 
 

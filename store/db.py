@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from services.protocol import REPLY_SAVED, Message
+from services.protocol import REPLY_SAVED, TOOL_APPLIED, TOOL_PROPOSED, TOOL_SETTLED, Message
 
 # How long a statement waits for another connection's lock before raising "database is locked". The store runs on
 # the web's event loop, so sqlite's default of 5 s would freeze every tab; the web answers 503 instead (see
@@ -40,6 +40,9 @@ CREATE INDEX IF NOT EXISTS journal_type_seq ON journal (type, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS journal_reply_id ON journal (json_extract(data, '$.reply_id'))
     WHERE type = '{REPLY_SAVED}';
+-- An assistant's change is settled (undone, allowed, denied) at most once: found by the seq it settles.
+CREATE INDEX IF NOT EXISTS journal_settles ON journal (json_extract(data, '$.settles'))
+    WHERE type = '{TOOL_SETTLED}';
 """
 
 
@@ -135,6 +138,26 @@ class Store:
             (reply_id,),
         ).fetchone()
         return row is not None
+
+    def settlements(self, seqs: list[int]) -> dict[int, Message]:
+        """The journal.tool.settled entry of each of these assistant changes that has one, by the seq it settles."""
+        if not seqs:
+            return {}
+        rows = self.db.execute(
+            f"SELECT * FROM journal WHERE type = '{TOOL_SETTLED}' AND json_extract(data, '$.settles') "
+            f"IN ({','.join('?' * len(seqs))})", seqs).fetchall()
+        return {entry.data["settles"]: entry for entry in map(_message, rows)}
+
+    def tool_calls_since(self, seq: int) -> list[Message]:
+        """The assistant's accepted tool calls after `seq` (a claim's grant: everything its holder did under it)."""
+        rows = self.db.execute(f"SELECT * FROM journal WHERE seq > ? AND type IN ('{TOOL_APPLIED}', '{TOOL_PROPOSED}') "
+                               "ORDER BY seq", (min(seq, MAX_INTEGER),)).fetchall()
+        return [_message(row) for row in rows]
+
+    def entry(self, seq: int) -> Message | None:
+        row = self.db.execute("SELECT * FROM journal WHERE seq = ?", (seq,)).fetchone() if 0 < seq <= MAX_INTEGER \
+            else None
+        return _message(row) if row else None
 
     def last_seq(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]

@@ -29,7 +29,7 @@ VERSION = "0.13.0"
 class FakeModel:
     name: str
     parameter_size: str = "3.2B"
-    capabilities: tuple[str, ...] = ("completion", "tools")
+    capabilities: tuple[str, ...] = ("completion", "tools", "thinking")  # as qwen3
     family: str = "llama"
     context_length: int = 131072  # model_info["<family>.context_length"] in /api/show
 
@@ -47,7 +47,12 @@ class Knobs:
     reply: Callable[[dict], list[str]] = default_reply  # the tokens of each reply
     first_token_delay_s: float = 0.0  # before headers, as while a model loads
     tokens_per_s: float = 0.0  # 0: as fast as possible
-    thinking: list[str] = field(default_factory=list)  # message.thinking chunks sent before the content
+    # message.thinking chunks sent before the content, when the model has the "thinking" capability and the
+    # request's `think` is not false (as Ollama: a thinking model thinks by default)
+    thinking: list[str] = field(default_factory=list)
+    # The tool calls one reply makes instead of text ([{"name", "arguments"}], sent as one tool_calls chunk), given
+    # the request; [] answers in text. Only when the request offers `tools`.
+    tool_calls: Callable[[dict], list[dict]] = lambda request: []
     status: int = 200  # non-200: answer /api/chat with this status and {"error": error_message}
     error_message: str = "an error was encountered while running the model"
     error_after_tokens: int | None = None  # send an {"error": ...} line after this many tokens
@@ -256,6 +261,11 @@ class FakeOllama:
             return JSONResponse({"error": f'model "{name}" not found, try pulling it first'}, status_code=404)
         if "completion" not in model.capabilities:
             return JSONResponse({"error": f'"{name}" does not support chat'}, status_code=400)
+        if body.get("tools") and "tools" not in model.capabilities:
+            return JSONResponse({"error": f"registry.ollama.ai/library/{name} does not support tools"},
+                                status_code=400)
+        if body.get("think") not in (None, False) and "thinking" not in model.capabilities:
+            return JSONResponse({"error": f'"{name}" does not support thinking'}, status_code=400)
         runner = self._runner(model.name)
         if loading:
             await asyncio.sleep(runner.load(time.monotonic(), body.get("keep_alive")))
@@ -267,14 +277,21 @@ class FakeOllama:
         if knobs.status != 200:
             await asyncio.sleep(knobs.first_token_delay_s)
             return JSONResponse({"error": knobs.error_message}, status_code=knobs.status)
-        cost = runner.evaluate(body.get("messages") or [], time.monotonic(), body.get("keep_alive"))
+        # Ollama renders the tools' schemas into the prompt (here: ahead of the messages, as qwen's template does),
+        # so they count in prompt_eval_count and take room in the context.
+        tools = [{"role": "tools", "content": json.dumps(body["tools"])}] if body.get("tools") else []
+        cost = runner.evaluate(tools + (body.get("messages") or []), time.monotonic(), body.get("keep_alive"))
         self.evaluations.append(cost)
         # Loading and evaluating the prompt come before the first chunk: not even headers are sent meanwhile.
         await asyncio.sleep(knobs.first_token_delay_s + cost.first_token_s)
-        tokens = knobs.reply(body)
+        calls = knobs.tool_calls(body) if body.get("tools") else []
+        tokens = [] if calls else knobs.reply(body)
+        thinks = "thinking" in model.capabilities and body.get("think") is not False
+        thinking = knobs.thinking if thinks else []
         if body.get("stream", True) is False:
             return JSONResponse(self._final(name, "".join(tokens), len(tokens), knobs.done_reason, cost))
-        return StreamingResponse(self._stream(name, tokens, knobs, cost), media_type="application/x-ndjson")
+        return StreamingResponse(self._stream(name, tokens, knobs, cost, thinking, calls),
+                                 media_type="application/x-ndjson")
 
     def _runner(self, name: str) -> Runner:
         runner = self._runners.setdefault(name, Runner())
@@ -287,11 +304,20 @@ class FakeOllama:
         for runner in self._runners.values():
             runner.loaded_until = float("-inf")
 
-    async def _stream(self, name: str, tokens: list[str], knobs: Knobs, cost: Evaluation):
+    async def _stream(self, name: str, tokens: list[str], knobs: Knobs, cost: Evaluation, thinking: list[str],
+                      calls: list[dict]):
         finished = False
         try:
-            for text in knobs.thinking:
+            for text in thinking:
+                if knobs.tokens_per_s:
+                    await asyncio.sleep(1 / knobs.tokens_per_s)
                 yield _line(self._chunk(name, "", thinking=text))
+            if calls:  # as Ollama: every call in one chunk, with empty content, arguments as an object
+                message = {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": f"call_{index}_{len(self.requests)}",
+                     "function": {"index": index, "name": call["name"], "arguments": call["arguments"]}}
+                    for index, call in enumerate(calls)]}
+                yield _line({"model": name, "created_at": _now(), "message": message, "done": False})
             for index, text in enumerate(tokens):
                 if knobs.error_after_tokens == index:
                     yield _line({"error": knobs.error_message})

@@ -6,6 +6,7 @@ import math
 import ollama
 import pytest
 
+from llm_worker.tools import TOOLS
 from tests.fake_ollama import FakeModel, FakeOllama
 from tests.fake_runner import Runner, keep_alive_s, prompt_token_count, tokenize
 
@@ -82,3 +83,31 @@ def test_the_official_client_accepts_the_fakes_pull_its_progress_error_and_resum
         assert [p.status for p in resumed[-3:]] == ["verifying sha256 digest", "writing manifest", "success"]
         assert [m.model for m in client.list().models] == ["fresh:latest"]
         assert fake.pull_offsets == [0, 0, 10_000_000] and fake.pull_disconnects == 1
+
+
+def test_the_official_client_reads_the_fakes_tool_calls_and_thinking_and_sends_the_results_back():
+    with FakeOllama() as fake:
+        fake.knobs.thinking = ["Adding", " it."]
+        fake.knobs.tool_calls = lambda request: ([] if request["messages"][-1]["role"] == "tool"
+                                                 else [{"name": "add_todo", "arguments": {"title": "milk"}}])
+        client = ollama.Client(host=fake.url, timeout=5)
+        asked = [{"role": "user", "content": "remind me: milk"}]
+        chunks = list(client.chat(model="fake-model", messages=asked, tools=TOOLS, think=True, stream=True))
+        assert "".join(c.message.thinking or "" for c in chunks) == "Adding it."
+        calls = [call for chunk in chunks for call in chunk.message.tool_calls or []]
+        assert [(c.function.name, c.function.arguments) for c in calls] == [("add_todo", {"title": "milk"})]
+        assert chunks[-1].done and chunks[-1].done_reason == "stop"
+        result = {"role": "tool", "content": "Added todo #1.", "tool_name": "add_todo"}
+        answer = list(client.chat(model="fake-model", messages=[*asked, chunks[-2].message, result], tools=TOOLS,
+                                  stream=True))
+        assert "".join(c.message.content for c in answer).startswith("Noted, human.")
+        sent = fake.requests[-1]["messages"]
+        assert sent[1]["tool_calls"][0]["function"] == {"name": "add_todo", "arguments": {"title": "milk"}}
+        assert sent[2] == result
+    with FakeOllama([FakeModel("plain:latest", capabilities=("completion",))]) as fake:
+        client = ollama.Client(host=fake.url, timeout=5)
+        for options, refusal in [({"tools": TOOLS}, "does not support tools"),
+                                 ({"think": True}, "does not support thinking")]:
+            with pytest.raises(ollama.ResponseError) as refused:
+                client.chat(model="plain", messages=asked, **options)
+            assert refused.value.status_code == 400 and refusal in refused.value.error

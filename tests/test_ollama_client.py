@@ -18,9 +18,9 @@ def client_for(fake: FakeOllama, **overrides) -> OllamaClient:
     return OllamaClient(settings)
 
 
-async def collect(client: OllamaClient, model: str = "fake-model:latest"):
+async def collect(client: OllamaClient, model: str = "fake-model:latest", **options):
     try:
-        return [chunk async for chunk in client.chat(model, HELLO, num_ctx=4096)]
+        return [chunk async for chunk in client.chat(model, HELLO, num_ctx=4096, **options)]
     finally:
         await client.close()
 
@@ -45,10 +45,10 @@ def test_the_biggest_chat_model_is_chosen_and_never_an_embedding_model():
 
 
 def test_a_stream_yields_content_and_the_final_counts_and_thinking_stays_apart():
-    with FakeOllama() as fake:
+    with FakeOllama([FakeModel("qwen3:8b", "8.2B", ("completion", "thinking"))]) as fake:
         fake.knobs.thinking = ["Hmm", ", let me think"]
         fake.knobs.reply = lambda request: ["Hi", " there"]
-        chunks = run(collect(client_for(fake)))
+        chunks = run(collect(client_for(fake), "qwen3:8b"))
         assert "".join(c.content for c in chunks) == "Hi there"
         assert "".join(c.thinking for c in chunks) == "Hmm, let me think"
         assert chunks[-1].done and chunks[-1].done_reason == "stop" and chunks[-1].stats["eval_count"] == 2

@@ -265,6 +265,14 @@ def test_the_tap_shows_every_message_type(system, fake_ollama):
         fake_ollama.wait_for(lambda: fake_ollama.pull_knobs.hold_at_bytes is None, what="the pull to be held")
         post(system, "/pull/cancel")  # control.cancel
         fake_ollama.release_pull()
+        fake_ollama.knobs.thinking = ["hmm"]  # llm.thinking
+        fake_ollama.knobs.tool_calls = lambda request: [] if request["messages"][-1]["role"] == "tool" else [
+            {"name": "add_todo", "arguments": {"title": "tool me"}},  # journal.tool.applied (#1: the list is empty)
+            {"name": "delete_todo", "arguments": {"id": 1}}]  # journal.tool.proposed
+        post(system, "/chat", text="add one and drop it")
+        proposed = system.bus.wait_for("journal.tool.proposed")
+        assert post(system, f"/tools/{proposed.seq}/deny").status_code == 204  # journal.tool.settled
+        fake_ollama.knobs.tool_calls = lambda request: []
         fake_ollama.knobs.status = 500
         post(system, "/chat", text="hello tap")
         system.bus.wait_for("llm.error")
@@ -322,7 +330,8 @@ def test_the_model_is_loaded_before_the_first_comment_and_every_request_keeps_it
 def test_prompts_fit_the_models_own_context_once_its_tokenizer_is_measured(tmp_path):
     from tests.fake_ollama import FakeModel
     from tests.fake_runner import prompt_token_count
-    with FakeOllama(models=[FakeModel("small:latest", context_length=2048)]) as fake:
+    # A model without tools: their schemas (~650 tokens here) would leave the history too little of 2048 to test.
+    with FakeOllama(models=[FakeModel("small:latest", context_length=2048, capabilities=("completion",))]) as fake:
         fake.knobs.chars_per_token = 2.5  # denser than the worker's first guess
         with running(tmp_path, fake.url, ACTIONS_PER_S="1000", ACTION_BURST="1000") as app:  # OLLAMA_NUM_CTX 4096
             app.bus.wait_for("llm.status", timeout_s=15, state="ready")

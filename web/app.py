@@ -29,12 +29,13 @@ from web.guard import RATE_LIMITED_HEADERS, add_perimeter
 from web.inputs import MAX_MESSAGE_CHARS, InputError, clean_text, invalid, shown, whole_number
 from web.journal import Journal
 from web.relay import Relay
-from web import models, todos, workers
+from web import assistant_actions, models, todos, workers
 
 STATIC_DIR = Path(__file__).parent / "static"
 CHAT_HISTORY_SHOWN = 100  # messages rendered at once; "Load earlier messages" fetches the ones before
-# What the chat log shows (a model switch too: issue 12).
-CHAT_TYPES = (*protocol.ASKS, protocol.REPLY_SAVED, protocol.NOTE_SHOWN, protocol.MODEL_CHOSEN)
+# What the chat log shows (a model switch, and what the assistant changed or proposes, too).
+CHAT_TYPES = (*protocol.ASKS, protocol.REPLY_SAVED, protocol.NOTE_SHOWN, protocol.MODEL_CHOSEN,
+              protocol.TOOL_APPLIED, protocol.TOOL_PROPOSED)
 
 # htmx does not swap 4xx responses by default; a 422 carries the form back with its error message.
 HTMX_CONFIG = {
@@ -103,7 +104,7 @@ def create_app(settings: Settings) -> FastHTML:
         journal.publisher = Publisher(settings.bus_pub_addr, src="web", keys_dir=settings.bus_keys_dir)
         subscriber = Subscriber(settings.bus_sub_addr, [protocol.LLM], context, settings.bus_keys_dir)
         router = workers.bind(settings.journal_addr, context, settings.bus_keys_dir)
-        requests = workers.WorkerRequests(router, journal, relay.claims)
+        requests = workers.WorkerRequests(router, journal, relay.claims, tools)
         tasks = [
             supervised("journal server", requests.serve),
             supervised("connection watch", requests.watch_connections),
@@ -143,11 +144,14 @@ def create_app(settings: Settings) -> FastHTML:
     # change sends, are in web/todos.py.
     lists = todos.add_routes(app, store, journal, clients)
     models.add_routes(app, model_panel)
+    tools = assistant_actions.AssistantActions(store, journal, clients, lists, relay.claims, relay.show_reply)
+    assistant_actions.add_routes(app, tools)
 
     def chat_history(before: int | None = None) -> list:
         # One more than shown, to know whether there is anything earlier: the page never renders it all.
         chat = store.recent_entries(CHAT_HISTORY_SHOWN + 1, CHAT_TYPES, before)
-        return ChatHistory(chat[-CHAT_HISTORY_SHOWN:], more=len(chat) > CHAT_HISTORY_SHOWN)
+        settled = store.settlements([e.seq for e in chat if e.type in protocol.TOOL_TYPES])  # Undo, Allow/Deny
+        return ChatHistory(chat[-CHAT_HISTORY_SHOWN:], more=len(chat) > CHAT_HISTORY_SHOWN, settled=settled)
 
     recent_chat: dict = {}  # the saved history as rendered at a journal head: {head seq: markup}
 

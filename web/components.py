@@ -7,11 +7,11 @@ import re
 from dataclasses import dataclass, field
 
 from fasthtml.common import (
-    A, Button, Div, Footer, Form, H1, H2, Header, Input, Label, Li, Link, Main, Meta, Nav, NotStr, P, Section, Span,
-    Textarea, Title, Safe, Ul, to_xml,
+    A, Button, Details, Div, Footer, Form, H1, H2, Header, Input, Label, Li, Link, Main, Meta, Nav, NotStr, P,
+    Section, Span, Summary, Textarea, Title, Safe, Ul, to_xml,
 )
 
-from services.protocol import CHAT_RETRY, CHAT_SENT, MODEL_CHOSEN, NOTE_SHOWN, Message
+from services.protocol import CHAT_RETRY, CHAT_SENT, MODEL_CHOSEN, NOTE_SHOWN, TOOL_APPLIED, TOOL_PROPOSED, Message
 from store import Todo
 from web.markdown import to_html
 
@@ -48,6 +48,11 @@ class Reply:
     parts: list[str] = field(default_factory=list)
     token: int | None = None  # the claim it streams under
     shown: bool = False  # tabs have its bubble (it goes out with the first token, see web/relay.py)
+    thinking: str = ""  # the model's thinking, shown apart and collapsed (never part of the reply)
+    thinking_parts: list[str] = field(default_factory=list)  # ... while it streams
+    thinking_s: float | None = None  # how long it thought
+    model: str = ""
+    stats: dict = field(default_factory=dict)  # Ollama's numbers from the final chunk (services.protocol)
 
 
 def oob(component, target: str | None = None, swap: str = "true"):
@@ -238,6 +243,7 @@ def AssistantReply(reply: Reply):
         reply.done_reason or ""
     )
     typing = P("typing…", cls="typing") if reply.done_reason is None else None  # gone when the reply is swapped in
+    stats = ReplyStats(reply) if reply.done_reason in ("stop", "length") else None  # a stopped one says so instead
     actions = None
     if reply.done_reason and reply.done_reason != "interrupted":
         actions = Div(
@@ -247,8 +253,8 @@ def AssistantReply(reply: Reply):
             Button("Regenerate", type="button", cls="regenerate"),
             cls="reply-actions",
         )
-    return Div(Speaker("Assistant"), body, typing, P(note, cls="note") if note else None, actions,
-               id=f"reply-{reply.reply_id}", cls="msg assistant")
+    return Div(Speaker("Assistant"), Thinking(reply), body, typing, P(note, cls="note") if note else None, stats,
+               actions, id=f"reply-{reply.reply_id}", cls="msg assistant")
 
 
 def ModelNote(entry: Message):
@@ -272,9 +278,12 @@ def token_frame(text: str) -> str:
     return TOKEN_FRAME + text
 
 
-def ChatHistory(entries: list[Message], more: bool) -> list:
-    """Saved messages, oldest first, after a button that loads the ones before them (in place of itself)."""
-    items = [_history_item(e) for e in entries]
+def ChatHistory(entries: list[Message], more: bool, settled: dict | None = None) -> list:
+    """Saved messages, oldest first, after a button that loads the ones before them (in place of itself).
+    `settled`: the journal.tool.settled entry of each assistant change that has one, by the seq it settles."""
+    settled = settled or {}
+    items = [ToolEntry(e, settled.get(e.seq)) if e.type in (TOOL_APPLIED, TOOL_PROPOSED) else _history_item(e)
+             for e in entries]
     if more and entries:
         items.insert(0, Button("Load earlier messages", type="button", id="load-earlier",
                                hx_get=f"/chat/history?before={entries[0].seq}", hx_swap="outerHTML"))
@@ -296,7 +305,11 @@ def _history_item(entry: Message):
         return ErrorNote(str(data.get("text", "")))
     if entry.type == NOTE_SHOWN:  # a reply cut off when its worker was lost, as the live tabs showed it
         return AssistantReply(Reply(str(data.get("reply_id", "")), str(data.get("text", "")), "interrupted"))
-    return AssistantReply(Reply(data["reply_id"], data["text"], data.get("done_reason") or "stop"))
+    thinking_s = data.get("thinking_s")
+    return AssistantReply(Reply(
+        data["reply_id"], data["text"], data.get("done_reason") or "stop", thinking=str(data.get("thinking", "")),
+        thinking_s=thinking_s if isinstance(thinking_s, (int, float)) else None, model=str(data.get("model", "")),
+        stats=data.get("stats") if isinstance(data.get("stats"), dict) else {}))
 
 
 def status_parts(status: WorkerStatus) -> list:
@@ -365,3 +378,74 @@ def Page(filter: str, todos: tuple, chat_log, status: WorkerStatus, models=None)
         # On a phone, the newest comment peeks in under the list; tapping it opens the chat.
         Button(type="button", id="peek", hidden=True),
     )
+
+
+# the assistant's tool calls, its thinking and its numbers (issue 11)
+
+
+def thinking_id(reply_id: str) -> str:
+    return f"th-{reply_id}"
+
+
+def Thinking(reply: Reply):
+    """The model's thinking, collapsed above its reply: "Thinking…" while it streams, "Thought for N s" after.
+    Plain text, escaped like all model output; absent when the model did not think."""
+    text = reply.thinking or "".join(reply.thinking_parts)
+    if not text:
+        return None
+    if reply.done_reason is None:
+        summary = "Thinking…"
+    else:
+        seconds = reply.thinking_s
+        summary = "Thought" if seconds is None else f"Thought for {seconds:.{1 if seconds < 10 else 0}f} s"
+    return Details(Summary(summary), Div(text, id=thinking_id(reply.reply_id), cls="thought"), cls="thinking")
+
+
+def thinking_frame(reply: Reply, text: str) -> str:
+    """A thinking chunk: the first one puts the disclosure above the reply's text, later ones append to it."""
+    if len(reply.thinking_parts) == 1:
+        return to_xml(Div(Thinking(reply), hx_swap_oob=f"beforebegin:#{body_id(reply.reply_id)}"), indent=False)
+    return f'<span hx-swap-oob="beforeend:#{thinking_id(reply.reply_id)}">{html.escape(text, quote=False)}</span>'
+
+
+def ReplyStats(reply: Reply):
+    """Small and quiet, under a finished reply: the model, tokens per second and time to first token, from
+    Ollama's final chunk (durations in nanoseconds)."""
+    stats, parts = reply.stats, [reply.model] if reply.model else []
+    if stats.get("eval_count") and stats.get("eval_duration"):
+        parts.append(f"{stats['eval_count'] / (stats['eval_duration'] / 1e9):.1f} tokens/s")
+    if "prompt_eval_duration" in stats or "load_duration" in stats:
+        first_s = (stats.get("load_duration", 0) + stats.get("prompt_eval_duration", 0)) / 1e9
+        parts.append(f"first token {first_s:.2f} s")
+    return P(" · ".join(parts), cls="stats") if parts else None
+
+
+TOOL_OUTCOMES = {"undone": "Undone.", "allowed": "Allowed.", "denied": "Denied: nothing changed."}
+
+
+def ToolEntry(entry: Message, settled: Message | None):
+    """What the assistant did (with Undo) or wants to do (with Allow and Deny), until the person settles it."""
+    data = entry.data
+    title = str(data.get("title", ""))
+    proposed = entry.type == TOOL_PROPOSED
+    if data.get("action") == "add":
+        text = f"Added “{title}”."
+    elif data.get("action") == "done":
+        text = f"Marked “{title}” as {'done' if data.get('done') else 'not done'}."
+    elif data.get("action") == "rename":
+        text = f"Wants to rename “{title}” to “{data.get('new_title', '')}”."
+    else:
+        text = f"Wants to delete “{title}”."
+    if settled is None:
+        # Each button names its change for a screen reader (several may wait at once); its name stays the word.
+        base, described = f"/tools/{entry.seq}", {"hx_swap": "none", "aria_describedby": f"tool-{entry.seq}-text"}
+        buttons = ([Button("Allow", hx_post=f"{base}/allow", cls="allow", **described),
+                    Button("Deny", hx_post=f"{base}/deny", cls="deny", **described)] if proposed
+                   else [Button("Undo", hx_post=f"{base}/undo", cls="undo", **described)])
+        after = Div(*buttons, cls="tool-actions")
+    else:
+        outcome = settled.data.get("outcome")
+        after = P(TOOL_OUTCOMES.get(outcome) or f"Could not: {settled.data.get('reason', outcome)}.",
+                  cls="outcome")
+    return Div(Speaker("Assistant"), P(text, cls="action", id=f"tool-{entry.seq}-text"), after,
+               id=f"tool-{entry.seq}", cls="msg tool pending" if proposed and settled is None else "msg tool")

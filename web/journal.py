@@ -27,14 +27,15 @@ class Journal:
         self._outbox: list[Message] | None = None  # entries written but not yet published, in seq order
 
     @contextmanager
-    def entry(self, kind: str) -> Iterator[dict]:
+    def entry(self, kind: str, src: str | None = None) -> Iterator[dict]:
         """`with journal.entry(TODO_ADDED) as data:` — change the store and fill `data` inside the block; the change
         and its journal entry commit together, and the entry is published after the commit. An action's follow-up
-        entries (an offered claim) are published right behind it, so a worker hears both at once."""
+        entries (an offered claim) are published right behind it, so a worker hears both at once. `src` names who
+        acted when it is not the web on a person's behalf ("assistant": an accepted tool call)."""
         data: dict = {}
         with self.store.transaction():
             yield data
-            message = self.store.append(kind, data, self.publisher.src)
+            message = self.store.append(kind, data, src or self.publisher.src)
         self.last_published = message
         if self._outbox is not None:  # written while following up another entry: published right after it
             self._outbox.append(message)

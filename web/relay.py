@@ -15,11 +15,14 @@ from services.protocol import Message
 from services.text import MAX_REPLY_CHARS
 from web.claims import Claim, Claims
 from web.clients import Clients
-from web.components import AssistantReply, ErrorNote, Reply, StatusChange, WorkerStatus, oob, token_frame
+from web.components import (
+    AssistantReply, ErrorNote, Reply, StatusChange, WorkerStatus, oob, thinking_frame, token_frame,
+)
 from web.journal import Journal
 
 REPLY_ID = protocol.WORD
 MAX_ERROR_CHARS = 1_000
+MAX_THINKING_CHARS = 50_000  # saved with a reply (the worker keeps no more: llm_worker/thought.py)
 STATUS_HOLD_S = 0.3  # at most this long a started reply's status waits for its first token
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ class Relay:
             protocol.LLM_DONE: self._done,
             protocol.LLM_ERROR: self._error,
             protocol.LLM_STATUS: self._heartbeat,
+            protocol.LLM_THINKING: self._thinking,
         }
 
     async def run(self, subscriber: Subscriber) -> None:
@@ -132,6 +136,28 @@ class Relay:
         if self._held_since is not None:
             self._end_hold()
 
+    def show_reply(self, reply_id: str, token: int) -> None:
+        """Every tab shows this reply's bubble now (an assistant's change is shown above it)."""
+        reply = self._streaming_reply(reply_id, token)
+        if not reply.shown:
+            self._show(reply)
+
+    def _thinking(self, data: dict) -> None:
+        """A thinking chunk: into the reply's collapsed disclosure, never into its text (nor a token frame)."""
+        if not self._heard(data):
+            return
+        text = data["text"]
+        if not isinstance(text, str):
+            raise TypeError("thinking text is not a string")
+        reply = self._streaming_reply(reply_id_of(data), data["token"])
+        reply.thinking_parts.append(text)
+        if reply.shown:
+            self.clients.broadcast_html(thinking_frame(reply, text))
+        else:
+            self._show(reply)  # the bubble carries its first thought
+        if self._held_since is not None:
+            self._end_hold()
+
     def _done(self, data: dict) -> None:
         reply_id = reply_id_of(data)
         if self.journal.store.has_reply(reply_id):
@@ -144,11 +170,20 @@ class Relay:
         text = data["text"]
         if not isinstance(text, str) or len(text) > MAX_REPLY_CHARS:
             raise ValueError("reply text is not a string within MAX_REPLY_CHARS")
-        reply = Reply(reply_id, text, str(data.get("done_reason") or "stop"))
+        thinking, thinking_s = data.get("thinking", ""), data.get("thinking_s")
+        if not isinstance(thinking, str) or len(thinking) > MAX_THINKING_CHARS:
+            raise ValueError("thinking is not a string within MAX_THINKING_CHARS")
+        if not isinstance(thinking_s, (int, float)) or isinstance(thinking_s, bool) or not 0 <= thinking_s < 1e6:
+            thinking_s = None
+        reply = Reply(reply_id, text, str(data.get("done_reason") or "stop"), thinking=thinking,
+                      thinking_s=thinking_s, model=str(data.get("model", "")),
+                      stats=protocol.reply_stats(data.get("stats")))
         with self.journal.entry(protocol.REPLY_SAVED) as saved:
             saved.update(reply_id=reply.reply_id, text=reply.text, done_reason=reply.done_reason,
                          covers_seq=claim.covers_seq, token=claim.token, worker_id=claim.worker_id,
-                         model=str(data.get("model", "")), stats=protocol.reply_stats(data.get("stats")))
+                         model=reply.model, stats=reply.stats)
+            if thinking:  # shown collapsed after a reload; never part of a prompt (llm_worker/persona.py)
+                saved.update(thinking=thinking, thinking_s=thinking_s)
         self.claims.completed(claim.token, claim.covers_seq)
         self.lost = ""
         # Replace the streaming bubble in place; a reply no tab saw streaming is appended instead.

@@ -14,6 +14,7 @@ from services import curve, protocol
 from services.busclient import LINGER_MS, MAX_MESSAGE_BYTES, DropLog
 from services.config import StartupError
 from services.protocol import ProtocolError
+from web.assistant_actions import AssistantActions
 from web.claims import Claims
 from web.journal import Journal
 
@@ -35,10 +36,11 @@ def bind(address: str, context: zmq.asyncio.Context, keys_dir: Path | None) -> z
 
 
 class WorkerRequests:
-    def __init__(self, router: zmq.asyncio.Socket, journal: Journal, claims: Claims) -> None:
+    def __init__(self, router: zmq.asyncio.Socket, journal: Journal, claims: Claims, tools: AssistantActions) -> None:
         self.router = router
         self.journal = journal
         self.claims = claims
+        self.tools = tools
         self.drops = DropLog()
 
     async def serve(self) -> None:
@@ -69,6 +71,12 @@ class WorkerRequests:
             except sqlite3.Error as error:  # busy or full: no claim now; the worker asks again on the next entry
                 token, reason = None, f"the journal cannot record a claim now ({error})"
             return protocol.encode_reply(op, request_id, token=token, reason=reason)
+        if op == protocol.OP_TOOL:  # validated and applied like a person's input (web/assistant_actions.py)
+            try:
+                ok, result = self.tools.request(request)
+            except sqlite3.Error as error:  # busy or full: nothing was stored; the model is told so
+                ok, result = False, f"The list could not be changed now ({error}); nothing was stored."
+            return protocol.encode_reply(op, request_id, ok=ok, result=result)
         if op == protocol.OP_RELEASE:  # an offered claim it will not use now: no reply
             try:
                 self.claims.release(request["worker_id"], request["token"], "declined")

@@ -357,3 +357,11 @@ document.addEventListener("htmx:afterSwap", () => {
 document.addEventListener("htmx:wsClose", (event) => {
   if (event.detail.event.code === 1008) location.reload();
 });
+
+// A finished reply replaces its streaming bubble: a thinking disclosure the person opened meanwhile stays open.
+document.addEventListener("htmx:oobBeforeSwap", (event) => {
+  const target = event.detail.target;
+  const opened = target.matches && target.matches(".msg.assistant") && target.querySelector("details.thinking[open]");
+  const replacement = opened && event.detail.fragment.querySelector("details.thinking");
+  if (replacement) replacement.open = true;
+});
