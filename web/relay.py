@@ -3,6 +3,7 @@ reload mid-reply shows it), saves finished replies to the journal, and shows how
 one answers. Only the holder of the current claim is heard (see web/claims.py); everything else is dropped."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -63,6 +64,10 @@ class Relay:
         checked_at = 0.0
         while True:
             message = await subscriber.receive(timeout_s=self.heartbeat_s / 2)
+            if message is not None and message.type == protocol.LLM_DONE:
+                # Saving holds the loop for a commit (1-2 ms): the tabs' writers send what is queued first (the
+                # reply's first frames, when the model was quick to finish), rather than after it.
+                await asyncio.sleep(0)
             if message is not None:
                 self.handle(message)
             if time.monotonic() - checked_at >= self.heartbeat_s / 4:  # not per token: it is on the hot path

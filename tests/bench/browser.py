@@ -38,6 +38,8 @@ WATCH = """marker => { window.firstShown = new Promise(resolve => {
   document.querySelector("#chat-form button[type=submit]").addEventListener(
     "click", () => { window.clickedAt = now(); }, {capture: true, once: true});
 }); }"""
+FIRST_SHOWN = """wait => Promise.race([window.firstShown, new Promise((_, fail) => setTimeout(
+  () => fail(new Error("the reply's first token never showed")), wait))])"""
 HOPS = ("click → chat journaled (htmx POST, SQLite, publish)", "journaled → claim granted (bus, worker's request)",
         "claim granted → worker's llm.start", "llm.start → Ollama request arrives (HTTP)",
         "first token written → worker publishes it", "published → frame in the page (bus, relay, WebSocket)",
@@ -116,7 +118,7 @@ def run_rounds(page, app, fake: FakeOllamaProcess, tap: StampedTap, first_reply:
         page.evaluate(WATCH, first_token(first_reply + number))
         page.get_by_label("Message").fill(f"question {number}")
         page.get_by_role("button", name="Send").click()
-        shown.append((page.evaluate("window.firstShown"), wait_saved(app, f"question {number}")))
+        shown.append((page.evaluate(FIRST_SHOWN, WAIT_MS), wait_saved(app, f"question {number}")))
     written, arrived = fake.take_sent(), fake.request_times()
     samples = [sample(times, written, arrived, tap, chat, first_reply + number)
                for number, (times, chat) in enumerate(shown) if number]
