@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     pid_file = settings.data_dir / PID_FILE
     if settings.data_dir.is_dir():
         pid_file.write_text(f"{os.getpid()}\n")
-    log.info("worker starting: Ollama at %s, model %s", settings.ollama_url, settings.ollama_model or "(best installed)")
+    log.info("worker starting: Ollama at %s, model %s", settings.ollama_url,
+             settings.ollama_model or "(best installed)")
     try:
         asyncio.run(_run(settings))
     except StartupError as error:

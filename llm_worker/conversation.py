@@ -202,8 +202,8 @@ class Conversation:
             # and may grow): the next replies share the new beginning.
             # The turn being answered always stays, however long: a prompt without it would answer nothing.
             dropped, keep = 0, len(history) - 1
-            while dropped < keep and (
-                    cost > (budget - list_budget) // WINDOW_KEEP or (dropped and history[dropped][0] == history[dropped - 1][0])):
+            while dropped < keep and (cost > (budget - list_budget) // WINDOW_KEEP
+                                      or (dropped and history[dropped][0] == history[dropped - 1][0])):
                 # (an action and the reply to it share a position: they leave the window together)
                 cost -= self.estimate_tokens(history[dropped][2])
                 dropped += 1

@@ -51,8 +51,9 @@ Several workers, one answer (the journal is the one sequencer; web/claims.py kee
 - The claim's lease is its holder's heartbeat, sent on this direct link every HEARTBEAT_S (as well as llm.status
   on the bus, which the link does not depend on: a restarting bus is no reason to fail over). After
   MISSED_HEARTBEATS without one the claim lapses; it also lapses within milliseconds when the holder's DEALER
-  connection closes (a killed process). The web then writes `journal.claim.ended` {token, worker_id, reason}; every worker sees it, the holder
-  (if it is alive after all) abandons the reply, and the others ask for the claim again: the first to ask gets it.
+  connection closes (a killed process). The web then writes `journal.claim.ended` {token, worker_id, reason};
+  every worker sees it, the holder (if it is alive after all) abandons the reply, and the others ask for the claim
+  again: the first to ask gets it.
 - A claim request also says what the worker counts as answered (its own unsaved reply included). Behind the
   journal's: refused (it would answer actions again). The holder asking for a later batch while its reply through
   the claimed one is counted but not saved: refused, its `done` is still on its way (the bus is slower than this
