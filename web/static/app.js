@@ -73,7 +73,8 @@ document.addEventListener("click", (event) => {
     copy(button, button.parentElement.querySelector("code").textContent);
   } else if (button.classList.contains("regenerate")) {
     const reply = button.closest(".msg.assistant");
-    htmx.ajax("POST", "/chat/retry", { source: button, swap: "none", values: { reply_id: reply.id.slice("reply-".length) } });
+    const values = { reply_id: reply.id.slice("reply-".length) };
+    htmx.ajax("POST", "/chat/retry", { source: button, swap: "none", values });
   } else if (button.classList.contains("copy-reply")) {
     copy(button, button.closest(".msg").querySelector(".body").innerText);
   } else if (button.id === "show-todos" || button.id === "show-chat") {
