@@ -209,6 +209,9 @@ class Pulls:
         except OllamaError as failure:
             state, error = "failed", str(failure)
             log.warning("%s", error)
+        except Exception as failure:  # a bug or an answer nobody foresaw: the pull ends, loudly, never silently
+            log.exception("pull of %s failed unexpectedly", model)
+            state, error = "failed", f"Pulling {model} failed unexpectedly ({type(failure).__name__}); see the log."
         except asyncio.CancelledError:
             if pull_id not in self._cancelled:
                 raise  # shutting down

@@ -116,10 +116,11 @@ class OllamaClient:
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def choose_model(self, wanted: str | None = None) -> str:
-        """`wanted` (by default OLLAMA_MODEL) if set and installed; otherwise the installed chat model with the most
-        parameters (ties: the newest, which /api/tags lists first). Embedding models are never chosen. Also keeps
-        the installed chat models, best first, in `chat_models` (the page's model select shows them)."""
+    async def choose_model(self, wanted: str | None = None, keep: str = "") -> str:
+        """`wanted` (by default OLLAMA_MODEL) if set and installed; otherwise `keep` (the model in use) while it is
+        installed, so that pulling a bigger model does not switch to it unasked; otherwise the installed chat model
+        with the most parameters (ties: the newest, which /api/tags lists first). Embedding models are never
+        chosen. Also keeps the installed chat models, best first, in `chat_models` (the page's select shows them)."""
         installed = [m for m in (await self._get_json("GET", "/api/tags")).get("models") or [] if isinstance(m, dict)]
         self.chat_models = await self._chat_models(installed)
         wanted = self.settings.ollama_model if wanted is None else wanted
@@ -128,6 +129,8 @@ class OllamaClient:
             if wanted not in names and f"{wanted}:latest" not in names:
                 raise model_missing(wanted)
             return wanted
+        if keep in self.chat_models:
+            return keep
         if not self.chat_models:
             raise OllamaError(f"No chat model is installed in Ollama at {self.url}: run `ollama pull llama3.2` "
                               "(or any chat model), or set OLLAMA_MODEL.")

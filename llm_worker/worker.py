@@ -212,12 +212,13 @@ class Worker:
         """Choose the model and, if it is not the one loaded, read its context window and load it (OllamaError
         if Ollama cannot)."""
         try:
-            model = await self.ollama.choose_model(self.choice.wanted)
+            model = await self.ollama.choose_model(self.choice.wanted, keep=self._loaded_model)
         except ModelMissing as error:
             self.missing = error.model
             raise
         self.missing = ""
         if model != self._loaded_model:
+            self._loaded_model = ""  # until it loads: should it fail, whichever model comes next is read afresh
             self.num_ctx = await self.ollama.context_window(model)
             self.capabilities = await self.ollama.capabilities(model)
             self._set_state("loading", f"loading model {model}")
@@ -242,7 +243,8 @@ class Worker:
             if "tools" in self.capabilities:  # their schemas go into the prompt too
                 budget -= self.conversation.estimate_tokens(json.dumps(TOOLS))
             messages = self.conversation.prompt(covers_seq, budget)
-            done_reason, stats = await self._stream(reply_id, token, messages, parts, thought)
+            asked = batch[-1].type in protocol.ASKS
+            done_reason, stats = await self._stream(reply_id, token, messages, parts, thought, asked)
         except OllamaError as error:
             self._fail(reply_id, token, str(error))
             return
@@ -266,11 +268,13 @@ class Worker:
         self._set_state("ready")
 
     async def _stream(self, reply_id: str, token: int, messages: list[dict], parts: list[str],
-                      thought: Thought) -> tuple[str, dict]:
+                      thought: Thought, asked: bool) -> tuple[str, dict]:
         """Stream the reply's text (into `parts`) and thinking onto the bus. When the model calls tools, the web
-        makes the changes (llm_worker/tools.py) and the model continues from their results, in the same reply."""
+        makes the changes (llm_worker/tools.py) and the model continues from their results, in the same reply.
+        Tools are offered only to answer a person's message (`asked`): a comment on what they did needs none, and
+        offering them there would let a todo's title ask for changes nobody asked for."""
         tools = None
-        if "tools" in self.capabilities:
+        if "tools" in self.capabilities and asked:
             tools = ToolSession(reply_id, lambda call, call_id: self.link.tool(
                 token, reply_id, call_id, call.name, call.arguments))
         think = self.settings.think if "thinking" in self.capabilities else None
@@ -283,7 +287,8 @@ class Worker:
         try:
             while True:
                 calls, round_start = [], len(parts)
-                stream = self.ollama.chat(self.model, messages, self.num_ctx, tools and tools.offered(), think)
+                offered = tools and tools.offered()
+                stream = self.ollama.chat(self.model, messages, self.num_ctx, offered, think)
                 async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
                     async for chunk in chunks:
                         thinking = thought.add(chunk.thinking) if chunk.thinking else ""
@@ -306,7 +311,7 @@ class Worker:
                         elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
                             return "length", {}
                 thought.end()
-                if not calls or tools is None:
+                if not calls or not offered:  # (calls made without tools on offer are not run: no more rounds)
                     return done_reason, stats
                 tokens.flush()  # what it said before the calls is shown before the changes they make
                 messages = messages + await tools.run(calls, "".join(parts[round_start:]))

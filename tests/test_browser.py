@@ -42,7 +42,7 @@ def test_adding_a_todo_in_the_page_streams_a_comment_into_the_chat_log(system, f
     log = page.get_by_role("log")
     # Mid-stream: part of the reply is there, as plain streamed text, before the rest has been generated.
     expect(log.locator(".body.streaming")).to_have_text("Feed the", timeout=10_000)
-    expect(log.locator(".typing")).to_be_visible()
+    expect(log.locator(".body.streaming")).to_be_visible()
     fake_ollama.release()
     # Finished: rendered from Markdown on the server.
     expect(log.locator("strong")).to_have_text("Finally", timeout=10_000)

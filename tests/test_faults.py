@@ -222,7 +222,7 @@ def test_a_database_locked_while_a_reply_finishes_delays_the_save_and_nothing_el
         blocker.execute("ROLLBACK")
         # The worker sends its done again; now it is saved, once, and the tab shows the finished reply.
         system.bus.wait_for("journal.reply.saved", timeout_s=15, reply_id=start.data["reply_id"])
-        tab.frames.wait_for(lambda f: f'id="reply-{start.data["reply_id"]}"' in f and "typing" not in f, 10,
+        tab.frames.wait_for(lambda f: f'id="reply-{start.data["reply_id"]}"' in f and "streaming" not in f, 10,
                             "the finished reply")
         post(system, "/chat", text="still listening?")
         chat = system.bus.wait_for("journal.chat.sent", text="still listening?")

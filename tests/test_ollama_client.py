@@ -37,6 +37,9 @@ def test_the_biggest_chat_model_is_chosen_and_never_an_embedding_model():
     with FakeOllama(models) as fake:
         assert run(client_for(fake).choose_model()) == "qwen3:8b"
         assert run(client_for(fake, ollama_model="llama3.2").choose_model()) == "llama3.2"
+        # With no choice, the model in use stays while it is installed: a bigger one pulled is not switched to.
+        assert run(client_for(fake).choose_model("", keep="llama3.2:latest")) == "llama3.2:latest"
+        assert run(client_for(fake).choose_model("", keep="gone:latest")) == "qwen3:8b"
         with pytest.raises(OllamaError, match="ollama pull mistral"):
             run(client_for(fake, ollama_model="mistral").choose_model())
     with FakeOllama([FakeModel("only-embed", "137M", ("embedding",))]) as fake:

@@ -184,10 +184,14 @@ def test_a_title_that_tells_the_model_to_delete_everything_deletes_nothing_by_it
     fake_ollama.knobs.tool_calls = obey
     post(system, "/todos", title="buy milk")
     post(system, "/todos", title=injected)
+    added = system.bus.wait_for("journal.todo.added", title=injected)
+    system.bus.wait_for("journal.reply.saved", covers_seq=added.seq)
+    # A comment on what the person did is offered no tools: the title cannot act through it.
+    assert all("tools" not in request for request in fake_ollama.requests)
+    ask(system, "what is on my list?")  # an answer is offered tools, and this model obeys the title: it proposes
     system.bus.messages.wait_until(lambda items: len([m for m in items if m.type == "journal.tool.proposed"]) >= 2,
                                    10, "two proposed deletions")
-    system.bus.wait_for("journal.reply.saved")
-    assert todos(system) == {1: ("buy milk", False), 2: (injected, False)}
+    assert todos(system) == {1: ("buy milk", False), 2: (injected, False)}  # and nothing is deleted by itself
 
 
 def test_a_model_without_tools_or_thinking_gets_neither(tmp_path):

@@ -93,13 +93,13 @@ def test_the_chat_follows_new_text_unless_scrolled_up_then_offers_to_jump(fake_o
     page.get_by_role("button", name="Send").click()
     log = page.get_by_role("log")
     expect(log.locator(".msg.assistant")).to_have_count(1, timeout=10_000)
-    expect(log.locator(".typing")).to_have_count(0, timeout=10_000)
+    expect(log.locator(".body.streaming")).to_have_count(0, timeout=10_000)
     at_bottom = "e => e.scrollHeight - e.scrollTop - e.clientHeight < 40"
     assert log.evaluate(at_bottom)
     fake_ollama.knobs.hold_after_tokens = 30
     page.get_by_label("Message").fill("again")
     page.get_by_role("button", name="Send").click()
-    expect(log.locator(".typing")).to_have_count(1, timeout=10_000)
+    expect(log.locator(".body.streaming")).to_have_count(1, timeout=10_000)
     log.evaluate("e => { e.scrollTop = 0; e.dispatchEvent(new Event('scroll')); }")
     fake_ollama.release()
     jump = page.get_by_role("button", name="Jump to latest")
@@ -208,8 +208,8 @@ def test_every_message_says_who_said_it_to_screen_readers(fake_ollama, page):
     page.get_by_role("button", name="Send").click()
     log = page.get_by_role("log")
     expect(log.locator(".msg.assistant")).to_have_count(1, timeout=10_000)
-    assert log.locator(".msg.user .visually-hidden").inner_text() == "You:"
-    assert log.locator(".msg.assistant .visually-hidden").inner_text() == "Assistant:"
+    assert log.locator(".msg.user .sr-only").inner_text() == "You:"
+    assert log.locator(".msg.assistant .sr-only").inner_text() == "Assistant:"
     assert page.evaluate("document.documentElement.lang") == "en"
     assert page.locator("h1").count() == 1
 

@@ -70,7 +70,7 @@ def oob(component, target: str | None = None, swap: str = "true"):
 def TodoForm(value: str = "", error: str = ""):
     # The form replaces itself with the response: a fresh empty form on success, itself plus the error on 422.
     return Form(
-        Label("New todo", fr="new-todo", cls="visually-hidden"),
+        Label("New todo", fr="new-todo", cls="sr-only"),
         Input(id="new-todo", name="title", value=value, placeholder="What needs doing?", autocomplete="off",
               maxlength=500, required=True, autofocus=True),
         Button("Add", type="submit"),
@@ -203,7 +203,7 @@ def TodoFooter(open_count: int, done_count: int):
 
 def ChatForm(value: str = "", error: str = ""):
     return Form(
-        Label("Message", fr="message", cls="visually-hidden"),
+        Label("Message", fr="message", cls="sr-only"),
         Textarea(value, id="message", name="text", placeholder="Ask me anything. I may judge you.", rows=2,
                  maxlength=4000, required=True),
         # Send turns into Stop while a reply streams (app.css, from the streaming bubble in the log).
@@ -219,7 +219,7 @@ def ChatForm(value: str = "", error: str = ""):
 
 def Speaker(name: str):
     """Who said it, for screen readers (the colour says it to everyone else)."""
-    return Span(f"{name}:", cls="visually-hidden")
+    return Span(f"{name}:", cls="sr-only")
 
 
 def UserMessage(entry: Message):
@@ -235,25 +235,26 @@ def body_id(reply_id: str) -> str:
 
 def AssistantReply(reply: Reply):
     if reply.done_reason is None:
-        # Streaming: plain text; each token frame appends to this body (see token_frame).
+        # Streaming: plain text; each token frame appends to this body (see token_frame). Empty, it reads
+        # "typing…" (app.css).
         body = Div("".join(reply.parts), id=body_id(reply.reply_id), cls="body streaming")
     else:
         body = Div(NotStr(to_html(reply.text)), id=body_id(reply.reply_id), cls="body")
     note = {"stopped": "stopped", "interrupted": "interrupted", "length": "cut short (length limit)"}.get(
         reply.done_reason or ""
     )
-    typing = P("typing…", cls="typing") if reply.done_reason is None else None  # gone when the reply is swapped in
     stats = ReplyStats(reply) if reply.done_reason in ("stop", "length") else None  # a stopped one says so instead
     actions = None
     if reply.done_reason and reply.done_reason != "interrupted":
         actions = Div(
-            Button("Copy", type="button", cls="copy-reply", aria_label="Copy reply"),
+            # (No type="button": outside a form a button submits nothing. Bytes in every finished reply's frame.)
+            Button("Copy", cls="copy-reply", aria_label="Copy reply"),
             # Shown on the newest reply only (app.css); the journal says whether it still is (app.py). app.js sends
             # it, with the id of the reply it is in: every reply carried the same htmx attributes.
-            Button("Regenerate", type="button", cls="regenerate"),
+            Button("Regenerate", cls="regenerate"),
             cls="reply-actions",
         )
-    return Div(Speaker("Assistant"), Thinking(reply), body, typing, P(note, cls="note") if note else None, stats,
+    return Div(Speaker("Assistant"), Thinking(reply), body, P(note, cls="note") if note else None, stats,
                actions, id=f"reply-{reply.reply_id}", cls="msg assistant")
 
 
@@ -351,7 +352,7 @@ def Page(filter: str, todos: tuple, chat_log, status: WorkerStatus, models=None)
     return (
         Title("Todo, with attitude"),
         A("Skip to chat", href="#message", cls="skip-link"),  # first, so the first Tab finds it
-        H1("Todo, with attitude", cls="visually-hidden"),
+        H1("Todo, with attitude", cls="sr-only"),
         # On a phone one panel shows at a time; this bar switches, and counts comments that came while away.
         Nav(Button("Todos", type="button", id="show-todos", aria_pressed="true"),
             Button("Chat", Span(id="unread", cls="badge"), type="button", id="show-chat", aria_pressed="false"),

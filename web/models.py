@@ -137,6 +137,7 @@ class ModelPanel:
         self.outcome = ""  # how the last pull ended, until the next one starts
         self.cancelled: deque[str] = deque(maxlen=CANCELLED_KEPT)
         self._shown = ("", "")  # the picker and pull status as every tab has them
+        self._state: tuple | None = None  # what they were rendered from
 
     # what the workers have
 
@@ -173,7 +174,14 @@ class ModelPanel:
         return to_xml((oob(self.picker()), oob(self.status())), indent=False)
 
     def show(self) -> None:
-        """Send every tab what changed (a heartbeat changes nothing, most of the time)."""
+        """Send every tab what changed. A heartbeat changes nothing, most of the time: then nothing is rendered
+        (every worker's status came with a render of the picker and the pull, on the event loop that relays)."""
+        pull = self.pull
+        state = (self.installed(), self.in_use(), self.pinned(), self.missing(), self.outcome, None if pull is None
+                 else (pull.model, pull.status, pull.completed, pull.total, pull.bytes_per_s))
+        if state == self._state:
+            return
+        self._state = state
         shown = (to_xml(oob(self.picker()), indent=False), to_xml(oob(self.status()), indent=False))
         changed = [markup for markup, before in zip(shown, self._shown) if markup != before]
         self._shown = shown
