@@ -170,8 +170,10 @@ class ModelPanel:
         return Div(self.picker(), PullForm(), self.status(), id="models")
 
     def resync(self) -> str:
-        """What a (re)connecting tab is sent: the picker and the pull as they are now."""
-        return to_xml((oob(self.picker()), oob(self.status())), indent=False)
+        """What a (re)connecting tab is sent: the picker and the pull as they are now (rendered only when they
+        changed: tabs reconnect together)."""
+        self.show()
+        return "".join(self._shown)
 
     def show(self) -> None:
         """Send every tab what changed. A heartbeat changes nothing, most of the time: then nothing is rendered
