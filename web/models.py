@@ -170,17 +170,22 @@ class ModelPanel:
         return Div(self.picker(), PullForm(), self.status(), id="models")
 
     def resync(self) -> str:
-        """What a (re)connecting tab is sent: the picker and the pull as they are now (rendered only when they
-        changed: tabs reconnect together)."""
-        self.show()
-        return "".join(self._shown)
+        """What a (re)connecting tab is sent: the picker and the pull as they are now; as every tab has them (no
+        rendering) unless they changed since (then `show` sends them to every tab soon)."""
+        if self._state == self._inputs():
+            return "".join(self._shown)
+        return to_xml((oob(self.picker()), oob(self.status())), indent=False)
+
+    def _inputs(self) -> tuple:
+        """Everything the picker and the pull status are rendered from."""
+        pull = self.pull
+        return (self.installed(), self.in_use(), self.pinned(), self.missing(), self.outcome, None if pull is None
+                else (pull.model, pull.status, pull.completed, pull.total, pull.bytes_per_s))
 
     def show(self) -> None:
         """Send every tab what changed. A heartbeat changes nothing, most of the time: then nothing is rendered
         (every worker's status came with a render of the picker and the pull, on the event loop that relays)."""
-        pull = self.pull
-        state = (self.installed(), self.in_use(), self.pinned(), self.missing(), self.outcome, None if pull is None
-                 else (pull.model, pull.status, pull.completed, pull.total, pull.bytes_per_s))
+        state = self._inputs()
         if state == self._state:
             return
         self._state = state
