@@ -4,6 +4,7 @@ another machine needs no DATA_DIR at all."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         pid_file.write_text(f"{os.getpid()}\n")
     log.info("worker starting: Ollama at %s, model %s", settings.ollama_url,
              settings.ollama_model or "(best installed)")
+    gc.freeze()  # what start-up made lives as long as the process: out of the collector's way (see web/__main__.py)
     try:
         asyncio.run(_run(settings))
     except StartupError as error:

@@ -10,22 +10,22 @@ from llm_worker.ollama import Silence
 from llm_worker.tokens import TokenBatch
 
 
-def test_tokens_added_in_one_step_leave_together_and_a_lone_token_leaves_at_once():
+def test_a_lone_token_leaves_at_once_and_the_ones_read_with_it_leave_together_after():
     async def scenario() -> list[tuple[str, int]]:
         sent: list[tuple[str, int]] = []
         batch = TokenBatch(lambda text, index: sent.append((text, index)))
-        for text in ("a", "b", "c"):  # read from one socket buffer: no await in between
+        for text in ("a", "b", "c", "d"):  # read from one socket buffer: no await in between
             batch.add(text)
-        assert sent == []  # not before this step of the loop ends
+        assert sent == [("a", 0)]  # the first at once; the others when this step of the loop ends
         await asyncio.sleep(0)
-        batch.add("d")
-        await asyncio.sleep(0)
-        batch.add("e")
+        assert sent == [("a", 0), ("bcd", 1)]
+        batch.add("e")  # alone in its step: at once
+        batch.add("f")
         batch.flush()  # the end of a reply: out at once, before its `done`
         await asyncio.sleep(0)
         return sent
 
-    assert asyncio.run(scenario()) == [("abc", 0), ("d", 3), ("e", 4)]
+    assert asyncio.run(scenario()) == [("a", 0), ("bcd", 1), ("e", 4), ("f", 5)]
 
 
 def test_silence_times_out_only_while_waiting_and_counts_from_the_wait():

@@ -3,6 +3,7 @@ when it cannot start (a setting, the port, DATA_DIR, another web on the same DAT
 from __future__ import annotations
 
 import errno
+import gc
 import signal
 import socket
 import sys
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             sock = listen(settings.web_host, settings.web_port)
             if link:  # once per start, as Jupyter does: the link a phone opens to get its session cookie
                 log.info("listening beyond loopback, so other devices need the access token: open %s", link)
+            # What start-up made (modules, the app, its templates) lives as long as the process: out of the
+            # collector's way, so its full collections do not walk it between two tokens.
+            gc.freeze()
             return serve(app, sock)
     except StartupError as error:
         log.error("%s", error)
