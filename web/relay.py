@@ -127,17 +127,22 @@ class Relay:
         self.clients.broadcast(oob(AssistantReply(reply), target="chat-log"))
 
     def _token(self, data: dict) -> None:
+        self._stream(data, "token", lambda reply, text: reply.parts.append(text), lambda reply, text: token_frame(text))
+
+    def _stream(self, data: dict, what: str, keep, frame) -> None:
+        """A token or a thought from the holder: kept with its reply (`keep`) and sent to every tab (`frame`), or,
+        if the reply's bubble is not out yet, in the bubble (one frame, not two); a held status goes out with it."""
         if not self._heard(data):
             return
         text = data["text"]
         if not isinstance(text, str):
-            raise TypeError("token text is not a string")
+            raise TypeError(f"{what} text is not a string")
         reply = self._streaming_reply(reply_id_of(data), data["token"])
-        reply.parts.append(text)
+        keep(reply, text)
         if reply.shown:
-            self.clients.broadcast_html(token_frame(text))
+            self.clients.broadcast_html(frame(reply, text))
         else:
-            self._show(reply)  # the bubble carries its first token: one frame, not two
+            self._show(reply)
         if self._held_since is not None:
             self._end_hold()
 
@@ -149,19 +154,7 @@ class Relay:
 
     def _thinking(self, data: dict) -> None:
         """A thinking chunk: into the reply's collapsed disclosure, never into its text (nor a token frame)."""
-        if not self._heard(data):
-            return
-        text = data["text"]
-        if not isinstance(text, str):
-            raise TypeError("thinking text is not a string")
-        reply = self._streaming_reply(reply_id_of(data), data["token"])
-        reply.thinking_parts.append(text)
-        if reply.shown:
-            self.clients.broadcast_html(thinking_frame(reply, text))
-        else:
-            self._show(reply)  # the bubble carries its first thought
-        if self._held_since is not None:
-            self._end_hold()
+        self._stream(data, "thinking", lambda reply, text: reply.thinking_parts.append(text), thinking_frame)
 
     def _done(self, data: dict) -> None:
         reply_id = reply_id_of(data)
