@@ -17,7 +17,7 @@ from services import protocol
 from services.config import Settings
 from services.text import valid_unicode
 from services.protocol import MODEL_NAME
-from llm_worker.ollama import OllamaClient, OllamaError
+from llm_worker.ollama import OllamaClient, OllamaError, Silence
 
 MODELS_REFRESH_S = 30.0  # the installed models are listed again this often (someone may `ollama pull` meanwhile)
 PROGRESS_EVERY_S = 0.25  # Ollama sends a line per chunk it receives: the bus and every tab get a few a second
@@ -110,31 +110,35 @@ async def pull_lines(ollama: OllamaClient, settings: Settings, model: str) -> As
             await response.aread()
             raise pull_failed(model, _error_text(response.text) or f"status {response.status_code}")
         lines = response.aiter_lines()
-        while True:
-            try:
-                async with asyncio.timeout(deadline_s):
-                    line = await anext(lines)
-            except StopAsyncIteration:
-                raise OllamaError(f"Ollama ended the pull of {model} before it finished: pull it again "
-                                  "(Ollama resumes where it stopped).") from None
-            except asyncio.TimeoutError:
-                raise OllamaError(f"Ollama sent nothing for {deadline_s:g} s while pulling {model}.") from None
-            except httpx.HTTPError as error:
-                raise OllamaError(f"The connection to Ollama broke while pulling {model} ({type(error).__name__}): "
-                                  "pull it again; Ollama resumes where it stopped.") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                raise OllamaError(f"Ollama sent a line that is not JSON while pulling {model}.") from None
-            if not isinstance(obj, dict):
-                raise OllamaError(f"Ollama sent an unexpected line while pulling {model}.")
-            if "error" in obj:
-                raise pull_failed(model, str(obj["error"]))
-            yield obj
-            if obj.get("status") == "success":
-                return
+        silence = Silence(deadline_s)  # one timer for the gaps between lines, as for a reply (ollama.Silence)
+        try:
+            while True:
+                try:
+                    line = await silence.wait(anext(lines))
+                except StopAsyncIteration:
+                    raise OllamaError(f"Ollama ended the pull of {model} before it finished: pull it again "
+                                      "(Ollama resumes where it stopped).") from None
+                except asyncio.TimeoutError:
+                    raise OllamaError(f"Ollama sent nothing for {deadline_s:g} s while pulling {model}.") from None
+                except httpx.HTTPError as error:
+                    raise OllamaError(f"The connection to Ollama broke while pulling {model} "
+                                      f"({type(error).__name__}): pull it again; Ollama resumes where it stopped."
+                                      ) from None
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    raise OllamaError(f"Ollama sent a line that is not JSON while pulling {model}.") from None
+                if not isinstance(obj, dict):
+                    raise OllamaError(f"Ollama sent an unexpected line while pulling {model}.")
+                if "error" in obj:
+                    raise pull_failed(model, str(obj["error"]))
+                yield obj
+                if obj.get("status") == "success":
+                    return
+        finally:
+            silence.close()
     finally:
         await response.aclose()
 
