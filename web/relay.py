@@ -61,18 +61,16 @@ class Relay:
         }
 
     async def run(self, subscriber: Subscriber) -> None:
-        checked_at = 0.0
+        # Messages are handled as they arrive (a token's frame leaves in the same iteration of the loop); the
+        # workers' heartbeats are checked on a timer, off the path of every token.
+        async with asyncio.TaskGroup() as both:  # either failing ends the other, and the relay is restarted
+            both.create_task(subscriber.dispatch(self.handle))
+            both.create_task(self._check_workers_every(self.heartbeat_s / 4))
+
+    async def _check_workers_every(self, interval_s: float) -> None:
         while True:
-            message = await subscriber.receive(timeout_s=self.heartbeat_s / 2)
-            if message is not None and message.type == protocol.LLM_DONE:
-                # Saving holds the loop for a commit (1-2 ms): the tabs' writers send what is queued first (the
-                # reply's first frames, when the model was quick to finish), rather than after it.
-                await asyncio.sleep(0)
-            if message is not None:
-                self.handle(message)
-            if time.monotonic() - checked_at >= self.heartbeat_s / 4:  # not per token: it is on the hot path
-                checked_at = time.monotonic()
-                self.check_workers()
+            await asyncio.sleep(interval_s)
+            self.check_workers()
 
     def handle(self, message: Message) -> None:
         handler = self._handlers.get(message.type)
