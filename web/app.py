@@ -33,6 +33,7 @@ from web import assistant_actions, models, todos, workers
 
 STATIC_DIR = Path(__file__).parent / "static"
 CHAT_HISTORY_SHOWN = 100  # messages rendered at once; "Load earlier messages" fetches the ones before
+RENDERED_ENTRIES_KEPT = 3 * CHAT_HISTORY_SHOWN  # the recent ones, and pages of earlier ones someone loaded
 # What the chat log shows (a model switch, and what the assistant changed or proposes, too).
 CHAT_TYPES = (*protocol.ASKS, protocol.REPLY_SAVED, protocol.NOTE_SHOWN, protocol.MODEL_CHOSEN,
               protocol.TOOL_APPLIED, protocol.TOOL_PROPOSED)
@@ -147,11 +148,17 @@ def create_app(settings: Settings) -> FastHTML:
     tools = assistant_actions.AssistantActions(store, journal, clients, lists, relay.claims, relay.show_reply)
     assistant_actions.add_routes(app, tools)
 
+    rendered_entries: dict = {}  # {(seq, settlement seq): markup}, oldest first
+
     def chat_history(before: int | None = None) -> list:
         # One more than shown, to know whether there is anything earlier: the page never renders it all.
         chat = store.recent_entries(CHAT_HISTORY_SHOWN + 1, CHAT_TYPES, before)
         settled = store.settlements([e.seq for e in chat if e.type in protocol.TOOL_TYPES])  # Undo, Allow/Deny
-        return ChatHistory(chat[-CHAT_HISTORY_SHOWN:], more=len(chat) > CHAT_HISTORY_SHOWN, settled=settled)
+        history = ChatHistory(chat[-CHAT_HISTORY_SHOWN:], more=len(chat) > CHAT_HISTORY_SHOWN, settled=settled,
+                              rendered=rendered_entries)
+        for key in list(rendered_entries)[:-RENDERED_ENTRIES_KEPT]:  # the first rendered go first
+            del rendered_entries[key]
+        return history
 
     recent_chat: dict = {}  # the saved history as rendered at a journal head: {head seq: markup}
 

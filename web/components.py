@@ -279,16 +279,31 @@ def token_frame(text: str) -> str:
     return TOKEN_FRAME + text
 
 
-def ChatHistory(entries: list[Message], more: bool, settled: dict | None = None) -> list:
+def ChatHistory(entries: list[Message], more: bool, settled: dict | None = None, rendered: dict | None = None) -> list:
     """Saved messages, oldest first, after a button that loads the ones before them (in place of itself).
-    `settled`: the journal.tool.settled entry of each assistant change that has one, by the seq it settles."""
+    `settled`: the journal.tool.settled entry of each assistant change that has one, by the seq it settles.
+    `rendered`: markup by (seq, settlement seq), kept by the caller. A saved entry never changes, but building 100
+    of them as FT trees took ~45 ms of the event loop whenever the journal moved on and a tab (re)connected."""
     settled = settled or {}
-    items = [ToolEntry(e, settled.get(e.seq)) if e.type in (TOOL_APPLIED, TOOL_PROPOSED) else _history_item(e)
-             for e in entries]
+
+    def item(entry: Message):
+        settlement = settled.get(entry.seq)
+        if rendered is None:
+            return _saved_entry(entry, settlement)
+        key = (entry.seq, settlement.seq if settlement else None)
+        if key not in rendered:
+            rendered[key] = Safe(to_xml(_saved_entry(entry, settlement), indent=False))
+        return rendered[key]
+
+    items = [item(entry) for entry in entries]
     if more and entries:
         items.insert(0, Button("Load earlier messages", type="button", id="load-earlier",
                                hx_get=f"/chat/history?before={entries[0].seq}", hx_swap="outerHTML"))
     return items
+
+
+def _saved_entry(entry: Message, settlement: Message | None):
+    return ToolEntry(entry, settlement) if entry.type in (TOOL_APPLIED, TOOL_PROPOSED) else _history_item(entry)
 
 
 def ChatLog(history: list, replies: list[Reply]):
