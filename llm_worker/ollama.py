@@ -75,6 +75,7 @@ class Chunk:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
 
+END_OF_STREAM_S = 1.0  # after the final line, how long its chunked end may take before the connection is dropped
 MAX_MODELS = 200  # installed models looked at: more than anyone keeps
 
 
@@ -216,11 +217,24 @@ class OllamaClient:
                     chunk = parse_line(line)
                     yield chunk
                     if chunk.done:
+                        await self._read_to_the_end(lines, silence)
                         return
             finally:
                 silence.close()
         finally:
             await response.aclose()
+
+    @staticmethod
+    async def _read_to_the_end(lines: AsyncIterator[str], silence: Silence) -> None:
+        """What follows the final line (the chunked body's end), so that closing the response hands the connection
+        back to the pool: closed half-read, every reply opened a new one, ~2 ms of its first token here. Nothing
+        may follow but blank lines; a stream that goes on, or stalls, is simply closed."""
+        silence.allow(END_OF_STREAM_S)
+        try:
+            while not (await silence.wait(anext(lines))).strip():
+                pass
+        except (StopAsyncIteration, asyncio.TimeoutError, httpx.HTTPError):
+            pass
 
     async def _send(self, request: httpx.Request, model: str) -> httpx.Response:
         # Ollama sends not even headers while a model loads (up to 5 minutes): that wait is the first-token deadline.

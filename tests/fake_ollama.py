@@ -34,6 +34,15 @@ class FakeModel:
     context_length: int = 131072  # model_info["<family>.context_length"] in /api/show
 
 
+def _stamp_arrival(app):
+    """Notes when each request arrived, before this fake's Python reads and parses its body: the time Ollama takes
+    to do that (in Go, a fraction of it) is its own, part of the model's time to first token (tests/bench)."""
+    async def stamped(scope, receive, send):
+        scope["arrived_at"] = time.time()
+        await app(scope, receive, send)
+    return stamped
+
+
 def default_reply(request: dict) -> list[str]:
     """A deterministic reply that quotes the last user message, in word-sized tokens."""
     last = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
@@ -92,7 +101,8 @@ class FakeOllama:
         self.knobs = Knobs()
         self.port = port or free_port()
         self.requests: list[dict] = []  # every /api/chat body that asks for a reply, in order
-        self.request_times: list[float] = []  # time.time() each of `requests` arrived
+        self.request_times: list[float] = []  # time.time() each of `requests` arrived (its headers were read)
+        self.request_ports: list[int] = []  # the client's port for each of `requests`: the same one, a kept connection
         self.loads: list[dict] = []  # every /api/chat body with empty messages (load the model), in order
         self.evaluations: list[Evaluation] = []  # what each prompt it evaluated cost, in order
         self._runners: dict[str, Runner] = {}  # model name → its runner (loaded or not, and its cached prompt)
@@ -115,7 +125,8 @@ class FakeOllama:
             Route("/api/ps", self._ps), Route("/api/show", self._show, methods=["POST"]),
             Route("/api/chat", self._chat, methods=["POST"]), Route("/api/pull", self._pull, methods=["POST"]),
         ])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        config = uvicorn.Config(_stamp_arrival(app), host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -250,7 +261,8 @@ class FakeOllama:
         loading = body.get("messages") == []  # load the model: answers once, done_reason "load"
         (self.loads if loading else self.requests).append(body)
         if not loading:
-            self.request_times.append(time.time())
+            self.request_times.append(request.scope["arrived_at"])
+            self.request_ports.append(request.client.port)
         self._notify()
         knobs = self.knobs
         name = body.get("model") or ""

@@ -47,6 +47,25 @@ def test_the_biggest_chat_model_is_chosen_and_never_an_embedding_model():
             run(client_for(fake).choose_model())
 
 
+def test_replies_that_end_keep_their_connection_and_a_reply_left_early_closes_it():
+    async def replies(client: OllamaClient) -> None:
+        try:
+            for _ in range(3):
+                assert [c async for c in client.chat("fake-model:latest", HELLO, num_ctx=4096)][-1].done
+            async for _ in client.chat("fake-model:latest", HELLO, num_ctx=4096):
+                break  # stopped: closing the connection is what tells Ollama to stop generating
+            assert [c async for c in client.chat("fake-model:latest", HELLO, num_ctx=4096)][-1].done
+        finally:
+            await client.close()
+
+    with FakeOllama() as fake:
+        run(replies(client_for(fake)))
+        ports = fake.request_ports
+        assert len(ports) == 5
+        assert ports[0] == ports[1] == ports[2] == ports[3]  # a new TCP connection cost ~2 ms of each first token
+        assert ports[4] != ports[3]
+
+
 def test_a_stream_yields_content_and_the_final_counts_and_thinking_stays_apart():
     with FakeOllama([FakeModel("qwen3:8b", "8.2B", ("completion", "thinking"))]) as fake:
         fake.knobs.thinking = ["Hmm", ", let me think"]
