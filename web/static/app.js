@@ -31,11 +31,19 @@ document.addEventListener("scroll", (event) => {
   if (followChat) jumpButton().hidden = true;
 }, true);
 
+// Once per frame, just before it is drawn, however many frames arrived: reading scrollHeight right after a token
+// was appended made the browser lay the page out then and there, for every token (~2 ms in chromium here).
+let followPending = false;
 function followLog() {
-  const log = chatLog();
-  if (!log) return;
-  if (followChat) log.scrollTop = log.scrollHeight;
-  else if (!atBottom(log)) jumpButton().hidden = false;
+  if (followPending) return;
+  followPending = true;
+  requestAnimationFrame(() => {
+    followPending = false;
+    const log = chatLog();
+    if (!log) return;
+    if (followChat) log.scrollTop = log.scrollHeight;
+    else if (!atBottom(log)) jumpButton().hidden = false;
+  });
 }
 
 document.addEventListener("htmx:wsAfterMessage", followLog);
