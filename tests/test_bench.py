@@ -37,7 +37,8 @@ FIGURES = {
     "big_lists": [("sizes", "1000", "page_load_ms", "p99"), ("sizes", "1000", "page_bytes"),
                   ("sizes", "1000", "post_ms", "p99"), ("sizes", "1000", "resync_bytes"),
                   ("sizes", "1000", "relay_while_reconnecting", "overhead_ms", "p99"), ("bytes_per_todo", "open")],
-    "browser_first_token": [("overhead_ms", "p50"), ("whole_reply", "bytes"), ("whole_reply", "by_kind", "token", "bytes")],
+    "browser_first_token": [("overhead_ms", "p50"), ("with_model_first_token", "overhead_ms", "p50"),
+                            ("whole_reply", "bytes"), ("whole_reply", "by_kind", "token", "bytes")],
     "prompt_cache": [(policy, "1000", "uncached_tokens", "mean") for policy in ("old", "new")]
     + [("fewer_uncached_x", "1000"), ("new", "1000", "prompts_over_budget_after_5")],
 }
