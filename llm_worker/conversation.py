@@ -91,6 +91,10 @@ class Conversation:
         if text_tokens > 0:
             self.measured_chars_per_token.append(sum(len(m["content"]) for m in messages) / text_tokens)
 
+    def forget_calibration(self) -> None:
+        """Another model, another tokenizer: what was measured for the last one no longer holds."""
+        self.measured_chars_per_token.clear()
+
     @property
     def answered_through(self) -> int:
         """The highest seq a reply covers, counting own replies not yet back from the journal."""

@@ -17,7 +17,7 @@ from services import protocol
 from services.config import Settings
 from services.text import valid_unicode
 from services.protocol import MODEL_NAME
-from llm_worker.ollama import OllamaClient, OllamaError, Silence
+from llm_worker.ollama import OllamaClient, OllamaError, Silence, ndjson_object
 
 MODELS_REFRESH_S = 30.0  # the installed models are listed again this often (someone may `ollama pull` meanwhile)
 PROGRESS_EVERY_S = 0.25  # Ollama sends a line per chunk it receives: the bus and every tab get a few a second
@@ -126,12 +126,7 @@ async def pull_lines(ollama: OllamaClient, settings: Settings, model: str) -> As
                                       ) from None
                 if not line.strip():
                     continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError:
-                    raise OllamaError(f"Ollama sent a line that is not JSON while pulling {model}.") from None
-                if not isinstance(obj, dict):
-                    raise OllamaError(f"Ollama sent an unexpected line while pulling {model}.")
+                obj = ndjson_object(line, f"while pulling {model}")
                 if "error" in obj:
                     raise pull_failed(model, str(obj["error"]))
                 yield obj

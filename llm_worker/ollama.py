@@ -11,7 +11,7 @@ from typing import AsyncIterator
 import httpx
 
 from services.config import Settings
-from services.protocol import MODEL_NAME, reply_stats
+from services.protocol import MAX_MODELS, MODEL_NAME, reply_stats
 from services.text import valid_unicode
 from llm_worker.tools import ToolCall, parse_tool_calls
 
@@ -76,7 +76,6 @@ class Chunk:
 
 
 END_OF_STREAM_S = 1.0  # after the final line, how long its chunked end may take before the connection is dropped
-MAX_MODELS = 200  # installed models looked at: more than anyone keeps
 
 
 class ModelMissing(OllamaError):
@@ -277,14 +276,20 @@ class OllamaClient:
         return OllamaError(f"Ollama answered {response.status_code}: {detail or 'no detail'}.")
 
 
-def parse_line(line: str) -> Chunk:
-    """One NDJSON line of /api/chat. An `error` line (sent after streaming began) ends the reply with its message."""
+def ndjson_object(line: str, during: str) -> dict:
+    """One line of an NDJSON stream (a reply, a pull) as the object every line must be."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError:
-        raise OllamaError(f"Ollama sent a line that is not JSON: {line[:120]!r}") from None
+        raise OllamaError(f"Ollama sent a line that is not JSON {during}: {line[:120]!r}") from None
     if not isinstance(obj, dict):
-        raise OllamaError(f"Ollama sent an unexpected line: {line[:120]!r}")
+        raise OllamaError(f"Ollama sent an unexpected line {during}: {line[:120]!r}")
+    return obj
+
+
+def parse_line(line: str) -> Chunk:
+    """One NDJSON line of /api/chat. An `error` line (sent after streaming began) ends the reply with its message."""
+    obj = ndjson_object(line, "in a reply")
     if "error" in obj:
         raise OllamaError(f"Ollama reported an error mid-reply: {valid_unicode(str(obj['error']))}")
     message = obj.get("message") or {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-MAX_THINKING_CHARS = 50_000  # with the reply's 100,000, a `done` still fits one bus frame (1 MiB)
+from services.text import MAX_THINKING_CHARS
 
 
 class Thought:

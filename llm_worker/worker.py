@@ -219,6 +219,8 @@ class Worker:
         self.missing = ""
         if model != self._loaded_model:
             self._loaded_model = ""  # until it loads: should it fail, whichever model comes next is read afresh
+            if model != self.model:
+                self.conversation.forget_calibration()
             self.num_ctx = await self.ollama.context_window(model)
             self.capabilities = await self.ollama.capabilities(model)
             self._set_state("loading", f"loading model {model}")

@@ -236,6 +236,7 @@ WORD = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # (issue 12) What Ollama accepts as a model name (registry/namespace/model:tag, hf.co/... too): what a worker lists,
 # a person chooses or pulls goes to the bus and into every tab's select, so it is checked against this everywhere.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}")
+MAX_MODELS = 200  # installed models a worker looks at and lists: more than anyone keeps
 
 OP_CATCHUP, OP_CLAIM, OP_HEARTBEAT, OP_RELEASE = "catchup", "claim", "heartbeat", "release"
 OP_TOOL = "tool"  # issue 11: a tool call for the web to validate and apply (see the docstring)

@@ -177,6 +177,15 @@ def test_the_budget_is_learned_from_the_token_counts_ollama_reports():
     assert not any(session_over_budget(calibrated=True)[5:])
 
 
+def test_what_was_measured_for_one_model_is_forgotten_for_the_next():
+    conversation = Conversation()
+    guess = conversation.chars_per_token
+    conversation.calibrate([{"role": "user", "content": "x" * 1000}], 1000 + 4)  # one character a token
+    assert conversation.chars_per_token < guess
+    conversation.forget_calibration()  # the worker switched models (llm_worker/worker.py _ensure_model)
+    assert conversation.chars_per_token == guess
+
+
 def test_a_long_question_is_never_dropped_from_its_own_prompt():
     conversation = Conversation()
     conversation.load_window([], 0)

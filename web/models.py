@@ -25,7 +25,6 @@ from web.journal import Journal
 ALIVE_HEARTBEATS = 3.5  # a worker not heard from for this many heartbeats is gone (as claims count it)
 PULL_SILENT_HEARTBEATS = 4  # a pull not heard of for this long is sent again (its worker died, or the message was lost)
 MAX_OUTCOME_CHARS = 500
-MAX_MODELS = 200  # listed per worker: more than anyone keeps installed
 CANCELLED_KEPT = 20  # pull ids remembered as cancelled: their late progress is answered with another cancel
 
 log = logging.getLogger(__name__)
@@ -222,7 +221,7 @@ class ModelPanel:
             models = data.get("models", [])
             if not isinstance(models, list):
                 raise TypeError("models is not a list")
-            models = models[:MAX_MODELS]
+            models = models[:protocol.MAX_MODELS]
             self.workers[worker_id] = WorkerModels(
                 [m for m in models if isinstance(m, str) and protocol.MODEL_NAME.fullmatch(m)],
                 _name_or_empty(data.get("model")), data.get("pinned") is True, _name_or_empty(data.get("missing")),

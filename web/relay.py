@@ -13,7 +13,7 @@ from fasthtml.common import Div
 from services import protocol
 from services.busclient import DropLog, Subscriber
 from services.protocol import Message
-from services.text import MAX_REPLY_CHARS
+from services.text import MAX_REPLY_CHARS, MAX_THINKING_CHARS
 from web.claims import Claim, Claims
 from web.clients import Clients
 from web.components import (
@@ -23,7 +23,6 @@ from web.journal import Journal
 
 REPLY_ID = protocol.WORD
 MAX_ERROR_CHARS = 1_000
-MAX_THINKING_CHARS = 50_000  # saved with a reply (the worker keeps no more: llm_worker/thought.py)
 STATUS_HOLD_S = 0.3  # at most this long a started reply's status waits for its first token
 
 log = logging.getLogger(__name__)
