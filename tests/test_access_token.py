@@ -154,3 +154,13 @@ def test_a_web_host_of_all_ipv6_addresses_listens_on_ipv4_too_where_the_link_may
     with listen("::", 0) as server:
         with socket.create_connection(("127.0.0.1", server.getsockname()[1]), timeout=5):
             pass
+
+
+def test_connections_to_the_page_send_small_writes_at_once():
+    # Without TCP_NODELAY a response's body waited for the ACK of its headers, which clients delay up to 40 ms:
+    # a todo POST took ~45 ms (bin/bench, figure 5). asyncio sets it only on sockets made for IPPROTO_TCP by name.
+    with listen("127.0.0.1", 0) as server:
+        with socket.create_connection(("127.0.0.1", server.getsockname()[1]), timeout=5):
+            accepted, _ = server.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
