@@ -285,7 +285,7 @@ class Worker:
             return lambda text, index: self._publish(kind, reply_id=reply_id, token=token, index=index, text=text)
 
         tokens, thoughts = TokenBatch(sender(protocol.LLM_TOKEN)), TokenBatch(sender(protocol.LLM_THINKING))
-        length, first_round = sum(map(len, parts)), True
+        length, rounds = sum(map(len, parts)), []  # each round's final numbers
         try:
             while True:
                 calls, round_start = [], len(parts)
@@ -304,20 +304,20 @@ class Worker:
                             length += len(content)
                         calls += chunk.tool_calls[:MAX_TOOL_CALLS + 1 - len(calls)]  # beyond: refused unseen
                         if chunk.done:
-                            done_reason, stats = chunk.done_reason or "stop", chunk.stats
+                            done_reason = chunk.done_reason or "stop"
+                            rounds.append(chunk.stats)
                             # The prompt's exact size (its tools' schemas included) sharpens the next budget;
                             # later rounds carry the calls and their results, which the budget does not cover.
-                            if "prompt_eval_count" in stats and first_round:
+                            if "prompt_eval_count" in chunk.stats and len(rounds) == 1:
                                 schemas = [{"content": json.dumps(TOOLS)}] if tools is not None else []
-                                self.conversation.calibrate(schemas + messages, int(stats["prompt_eval_count"]))
+                                self.conversation.calibrate(schemas + messages, int(chunk.stats["prompt_eval_count"]))
                         elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
                             return "length", {}
                 thought.end()
                 if not calls or not offered:  # (calls made without tools on offer are not run: no more rounds)
-                    return done_reason, stats
+                    return done_reason, reply_stats_of(rounds)
                 tokens.flush()  # what it said before the calls is shown before the changes they make
                 messages = messages + await tools.run(calls, "".join(parts[round_start:]))
-                first_round = False
         finally:
             tokens.flush()  # what Ollama said goes out before whatever ends the reply
             thoughts.flush()
@@ -415,3 +415,19 @@ class Worker:
 
     def _publish(self, kind: str, **data) -> None:
         self.publisher.publish(kind, {"worker_id": self.worker_id, **data})  # the web hears only the claim holder
+
+
+def reply_stats_of(rounds: list[dict]) -> dict:
+    """One reply's numbers when it took several rounds (the model called tools, then went on): the wait for its
+    first token is the first round's, the tokens it generated and the time it took are all the rounds', and the
+    prompt is the last round's, the whole conversation."""
+    if not rounds:
+        return {}
+    stats = dict(rounds[-1])
+    for key in ("load_duration", "prompt_eval_duration"):
+        if key in rounds[0]:
+            stats[key] = rounds[0][key]
+    for key in ("eval_count", "eval_duration", "total_duration"):
+        if all(key in one for one in rounds):
+            stats[key] = sum(one[key] for one in rounds)
+    return stats
