@@ -244,9 +244,8 @@ class Worker:
             budget = self.num_ctx - self.settings.num_predict
             if "tools" in self.capabilities:  # their schemas go into the prompt too
                 budget -= self.conversation.estimate_tokens(json.dumps(TOOLS))
-            messages = self.conversation.prompt(covers_seq, budget)
             asked = batch[-1].type in protocol.ASKS
-            done_reason, stats = await self._stream(reply_id, token, messages, parts, thought, asked)
+            done_reason, stats = await self._stream(reply_id, token, covers_seq, budget, parts, thought, asked)
         except OllamaError as error:
             self._fail(reply_id, token, str(error))
             return
@@ -269,12 +268,14 @@ class Worker:
         self._last_error, self._retry_s = "", RETRY_MIN_S
         self._set_state("ready")
 
-    async def _stream(self, reply_id: str, token: int, messages: list[dict], parts: list[str],
+    async def _stream(self, reply_id: str, token: int, covers_seq: int, budget: int, parts: list[str],
                       thought: Thought, asked: bool) -> tuple[str, dict]:
         """Stream the reply's text (into `parts`) and thinking onto the bus. When the model calls tools, the web
         makes the changes (llm_worker/tools.py) and the model continues from their results, in the same reply.
         Tools are offered only to answer a person's message (`asked`): a comment on what they did needs none, and
-        offering them there would let a todo's title ask for changes nobody asked for."""
+        offering them there would let a todo's title ask for changes nobody asked for. Each round's prompt fits
+        `budget` with the calls and results so far (they come last; the history gives way, in conversation.py's
+        one big step, only when they would not fit)."""
         tools = None
         if "tools" in self.capabilities and asked:
             tools = ToolSession(reply_id, lambda call, call_id: self.link.tool(
@@ -286,9 +287,12 @@ class Worker:
 
         tokens, thoughts = TokenBatch(sender(protocol.LLM_TOKEN)), TokenBatch(sender(protocol.LLM_THINKING))
         length, rounds = sum(map(len, parts)), []  # each round's final numbers
+        tool_turns: list[dict] = []  # the assistant's calls and their results, round by round
         try:
             while True:
                 calls, round_start = [], len(parts)
+                turns_cost = sum(self.conversation.estimate_tokens(json.dumps(turn)) for turn in tool_turns)
+                messages = self.conversation.prompt(covers_seq, budget - turns_cost) + tool_turns
                 offered = tools and tools.offered()
                 stream = self.ollama.chat(self.model, messages, self.num_ctx, offered, think)
                 async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
@@ -307,7 +311,7 @@ class Worker:
                             done_reason = chunk.done_reason or "stop"
                             rounds.append(chunk.stats)
                             # The prompt's exact size (its tools' schemas included) sharpens the next budget;
-                            # later rounds carry the calls and their results, which the budget does not cover.
+                            # only the first round's: later ones carry calls as JSON, not as the template has them.
                             if "prompt_eval_count" in chunk.stats and len(rounds) == 1:
                                 schemas = [{"content": json.dumps(TOOLS)}] if tools is not None else []
                                 self.conversation.calibrate(schemas + messages, int(chunk.stats["prompt_eval_count"]))
@@ -317,7 +321,7 @@ class Worker:
                 if not calls or not offered:  # (calls made without tools on offer are not run: no more rounds)
                     return done_reason, reply_stats_of(rounds)
                 tokens.flush()  # what it said before the calls is shown before the changes they make
-                messages = messages + await tools.run(calls, "".join(parts[round_start:]))
+                tool_turns += await tools.run(calls, "".join(parts[round_start:]))
         finally:
             tokens.flush()  # what Ollama said goes out before whatever ends the reply
             thoughts.flush()
