@@ -244,9 +244,8 @@ class Worker:
             budget = self.num_ctx - self.settings.num_predict
             if "tools" in self.capabilities:  # their schemas go into the prompt too
                 budget -= self.conversation.estimate_tokens(json.dumps(TOOLS))
-            messages = self.conversation.prompt(covers_seq, budget)
             asked = batch[-1].type in protocol.ASKS
-            done_reason, stats = await self._stream(reply_id, token, messages, parts, thought, asked)
+            done_reason, stats = await self._stream(reply_id, token, covers_seq, budget, parts, thought, asked)
         except OllamaError as error:
             self._fail(reply_id, token, str(error))
             return
@@ -269,12 +268,14 @@ class Worker:
         self._last_error, self._retry_s = "", RETRY_MIN_S
         self._set_state("ready")
 
-    async def _stream(self, reply_id: str, token: int, messages: list[dict], parts: list[str],
+    async def _stream(self, reply_id: str, token: int, covers_seq: int, budget: int, parts: list[str],
                       thought: Thought, asked: bool) -> tuple[str, dict]:
         """Stream the reply's text (into `parts`) and thinking onto the bus. When the model calls tools, the web
         makes the changes (llm_worker/tools.py) and the model continues from their results, in the same reply.
         Tools are offered only to answer a person's message (`asked`): a comment on what they did needs none, and
-        offering them there would let a todo's title ask for changes nobody asked for."""
+        offering them there would let a todo's title ask for changes nobody asked for. Each round's prompt fits
+        `budget` with the calls and results so far (they come last; the history gives way, in conversation.py's
+        one big step, only when they would not fit)."""
         tools = None
         if "tools" in self.capabilities and asked:
             tools = ToolSession(reply_id, lambda call, call_id: self.link.tool(
@@ -285,10 +286,13 @@ class Worker:
             return lambda text, index: self._publish(kind, reply_id=reply_id, token=token, index=index, text=text)
 
         tokens, thoughts = TokenBatch(sender(protocol.LLM_TOKEN)), TokenBatch(sender(protocol.LLM_THINKING))
-        length, first_round = sum(map(len, parts)), True
+        length, rounds = sum(map(len, parts)), []  # each round's final numbers
+        tool_turns: list[dict] = []  # the assistant's calls and their results, round by round
         try:
             while True:
                 calls, round_start = [], len(parts)
+                turns_cost = sum(self.conversation.estimate_tokens(json.dumps(turn)) for turn in tool_turns)
+                messages = self.conversation.prompt(covers_seq, budget - turns_cost) + tool_turns
                 offered = tools and tools.offered()
                 stream = self.ollama.chat(self.model, messages, self.num_ctx, offered, think)
                 async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
@@ -304,20 +308,20 @@ class Worker:
                             length += len(content)
                         calls += chunk.tool_calls[:MAX_TOOL_CALLS + 1 - len(calls)]  # beyond: refused unseen
                         if chunk.done:
-                            done_reason, stats = chunk.done_reason or "stop", chunk.stats
+                            done_reason = chunk.done_reason or "stop"
+                            rounds.append(chunk.stats)
                             # The prompt's exact size (its tools' schemas included) sharpens the next budget;
-                            # later rounds carry the calls and their results, which the budget does not cover.
-                            if "prompt_eval_count" in stats and first_round:
+                            # only the first round's: later ones carry calls as JSON, not as the template has them.
+                            if "prompt_eval_count" in chunk.stats and len(rounds) == 1:
                                 schemas = [{"content": json.dumps(TOOLS)}] if tools is not None else []
-                                self.conversation.calibrate(schemas + messages, int(stats["prompt_eval_count"]))
+                                self.conversation.calibrate(schemas + messages, int(chunk.stats["prompt_eval_count"]))
                         elif length >= MAX_REPLY_CHARS:  # a reply must fit one bus frame
                             return "length", {}
                 thought.end()
                 if not calls or not offered:  # (calls made without tools on offer are not run: no more rounds)
-                    return done_reason, stats
+                    return done_reason, reply_stats_of(rounds)
                 tokens.flush()  # what it said before the calls is shown before the changes they make
-                messages = messages + await tools.run(calls, "".join(parts[round_start:]))
-                first_round = False
+                tool_turns += await tools.run(calls, "".join(parts[round_start:]))
         finally:
             tokens.flush()  # what Ollama said goes out before whatever ends the reply
             thoughts.flush()
@@ -415,3 +419,19 @@ class Worker:
 
     def _publish(self, kind: str, **data) -> None:
         self.publisher.publish(kind, {"worker_id": self.worker_id, **data})  # the web hears only the claim holder
+
+
+def reply_stats_of(rounds: list[dict]) -> dict:
+    """One reply's numbers when it took several rounds (the model called tools, then went on): the wait for its
+    first token is the first round's, the tokens it generated and the time it took are all the rounds', and the
+    prompt is the last round's, the whole conversation."""
+    if not rounds:
+        return {}
+    stats = dict(rounds[-1])
+    for key in ("load_duration", "prompt_eval_duration"):
+        if key in rounds[0]:
+            stats[key] = rounds[0][key]
+    for key in ("eval_count", "eval_duration", "total_duration"):
+        if all(key in one for one in rounds):
+            stats[key] = sum(one[key] for one in rounds)
+    return stats

@@ -4,6 +4,7 @@ common prefix is evaluated, as llama-server does with cache_prompt), a price per
 paid again once `keep_alive` has run out. The bench's prompt-cache figure uses the same model in-process."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -13,12 +14,19 @@ DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$")
 UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
+def rendered(message: dict) -> str:
+    """A message's text as the template puts it in the prompt: its content, and an assistant's tool calls as JSON
+    after it (as qwen's template writes them)."""
+    calls = message.get("tool_calls")
+    return str(message.get("content", "")) + (json.dumps(calls) if calls else "")
+
+
 def tokenize(messages: list[dict], chars_per_token: float) -> list[str]:
-    """The prompt as tokens: per message 3 template tokens (start, role, newline), its content in pieces of
+    """The prompt as tokens: per message 3 template tokens (start, role, newline), its text in pieces of
     `chars_per_token` characters, and an end token: 4 + ceil(len / chars_per_token) per message."""
     tokens: list[str] = []
     for message in messages:
-        content = str(message.get("content", ""))
+        content = rendered(message)
         pieces = math.ceil(len(content) / chars_per_token)
         tokens += ["<|start|>", str(message.get("role", "")), "\n"]
         tokens += [content[int(i * chars_per_token):int((i + 1) * chars_per_token)] for i in range(pieces)]
@@ -28,7 +36,7 @@ def tokenize(messages: list[dict], chars_per_token: float) -> list[str]:
 
 def prompt_token_count(messages: list[dict], chars_per_token: float) -> int:
     """The whole prompt's tokens (what Ollama reports as prompt_eval_count)."""
-    return sum(math.ceil(len(str(m.get("content", ""))) / chars_per_token) + 4 for m in messages)
+    return sum(math.ceil(len(rendered(m)) / chars_per_token) + 4 for m in messages)
 
 
 def keep_alive_s(value: object) -> float:

@@ -127,3 +127,16 @@ def test_ollama_think_reads_on_off_and_the_levels():
     assert config.load({"OLLAMA_THINK": " High "}).think == "high"
     with pytest.raises(ConfigError, match="OLLAMA_THINK='maybe': use on, off, low, medium or high"):
         config.load({"OLLAMA_THINK": "maybe"})
+
+
+def test_a_reply_of_several_rounds_reports_the_first_wait_and_every_token():
+    from llm_worker.worker import reply_stats_of
+    first = {"load_duration": 5, "prompt_eval_count": 300, "prompt_eval_duration": 200, "eval_count": 12,
+             "eval_duration": 400, "total_duration": 700}
+    after_the_calls = {"load_duration": 1, "prompt_eval_count": 360, "prompt_eval_duration": 50, "eval_count": 30,
+                       "eval_duration": 900, "total_duration": 1000}
+    assert reply_stats_of([first, after_the_calls]) == {
+        "load_duration": 5, "prompt_eval_duration": 200,  # what the person waited for: the first round
+        "prompt_eval_count": 360,  # the whole conversation, as the last round saw it
+        "eval_count": 42, "eval_duration": 1300, "total_duration": 1700}  # every round
+    assert reply_stats_of([first]) == first and reply_stats_of([]) == {}

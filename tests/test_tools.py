@@ -335,3 +335,22 @@ def test_prompts_with_tools_fit_the_context_with_their_schemas_counted(tmp_path)
     assert all(request["tools"] for request in fake.requests)
     assert max(sizes) > 1_200  # the history did fill the window
     assert max(sizes[5:]) <= 2048 - 512  # num_ctx − num_predict, once the first replies have been measured
+
+
+def test_the_rounds_after_tool_calls_fit_the_models_context_too(tmp_path):
+    # A small model whose history already fills its window: the calls and their results come on top of it in the
+    # round after them, and must not push that prompt past num_ctx − num_predict (Ollama would cut its start).
+    model = FakeModel("small-tools:latest", context_length=2048)
+    with FakeOllama(models=[model]) as fake:
+        fake.knobs.chars_per_token = 2.5
+        with running(tmp_path, fake.url, ACTIONS_PER_S="1000", ACTION_BURST="1000") as app:
+            app.bus.wait_for("llm.status", timeout_s=15, state="ready")
+            for turn in range(12):
+                ask(app, f"turn {turn}: " + " ".join(["tell me more about that"] * 8))
+            titles = [f"errand {n}: " + "pick up the parcel at the post office " * 7 for n in range(3)]
+            fake.knobs.tool_calls = once(*(call("add_todo", title=title) for title in titles))
+            ask(app, "add my three errands")
+        follow_up = fake.evaluations[-1]
+        assert tool_results(fake.requests[-1]) and len(fake.requests[-1]["messages"][-2]["tool_calls"]) == 3
+    assert max(cost.prompt_tokens for cost in fake.evaluations[:-1]) > 1200  # the history did fill the window
+    assert follow_up.prompt_tokens <= 2048 - 512
