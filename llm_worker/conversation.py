@@ -28,6 +28,8 @@ only what follows the longest common prefix; see ../shared/OLLAMA.md):
 """
 from __future__ import annotations
 
+import json
+
 import time
 from collections import deque
 from enum import Enum
@@ -221,6 +223,17 @@ class Conversation:
             else:
                 messages.append({"role": role, "content": content})
         return messages
+
+    def with_turns(self, prompt: list[dict], turns: list[dict], budget_tokens: int) -> list[dict]:
+        """A reply's first prompt followed by the tool calls and results it has made since (a later round of the
+        same reply), within `budget_tokens`: if they would not fit, the oldest history goes, for this round only;
+        the system prompt, the list and the turn being answered stay."""
+        head, history = prompt[:2], prompt[2:]
+        cost = sum(self.estimate_tokens(json.dumps(turn)) for turn in turns)
+        cost += sum(self.estimate_tokens(message["content"]) for message in prompt)
+        while len(history) > 1 and cost > budget_tokens:
+            cost -= self.estimate_tokens(history.pop(0)["content"])
+        return head + history + turns
 
     def _move_window(self, start: int, list_budget: int) -> None:
         """The history now starts at position `start`: the actions that left it are folded into the list."""

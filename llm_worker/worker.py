@@ -274,8 +274,7 @@ class Worker:
         makes the changes (llm_worker/tools.py) and the model continues from their results, in the same reply.
         Tools are offered only to answer a person's message (`asked`): a comment on what they did needs none, and
         offering them there would let a todo's title ask for changes nobody asked for. Each round's prompt fits
-        `budget` with the calls and results so far (they come last; the history gives way, in conversation.py's
-        one big step, only when they would not fit)."""
+        `budget` with the calls and results so far."""
         tools = None
         if "tools" in self.capabilities and asked:
             tools = ToolSession(reply_id, lambda call, call_id: self.link.tool(
@@ -291,8 +290,10 @@ class Worker:
         try:
             while True:
                 calls, round_start = [], len(parts)
-                turns_cost = sum(self.conversation.estimate_tokens(json.dumps(turn)) for turn in tool_turns)
-                messages = self.conversation.prompt(covers_seq, budget - turns_cost) + tool_turns
+                if not rounds:
+                    messages = prompt = self.conversation.prompt(covers_seq, budget)
+                else:  # the same prompt, so Ollama's cache holds, unless the calls and results would not fit
+                    messages = self.conversation.with_turns(prompt, tool_turns, budget)
                 offered = tools and tools.offered()
                 stream = self.ollama.chat(self.model, messages, self.num_ctx, offered, think)
                 async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating

@@ -338,19 +338,23 @@ def test_prompts_with_tools_fit_the_context_with_their_schemas_counted(tmp_path)
 
 
 def test_the_rounds_after_tool_calls_fit_the_models_context_too(tmp_path):
-    # A small model whose history already fills its window: the calls and their results come on top of it in the
-    # round after them, and must not push that prompt past num_ctx − num_predict (Ollama would cut its start).
-    model = FakeModel("small-tools:latest", context_length=2048)
-    with FakeOllama(models=[model]) as fake:
+    # A small model whose history fills its window: the calls and their results come on top of the prompt in the
+    # round after them, and must not push it past num_ctx − num_predict (Ollama would cut its start).
+    with FakeOllama(models=[FakeModel("small-tools:latest", context_length=2048)]) as fake:
         fake.knobs.chars_per_token = 2.5
         with running(tmp_path, fake.url, ACTIONS_PER_S="1000", ACTION_BURST="1000") as app:
             app.bus.wait_for("llm.status", timeout_s=15, state="ready")
-            for turn in range(12):
+            for turn in range(FILLER_TURNS):
                 ask(app, f"turn {turn}: " + " ".join(["tell me more about that"] * 8))
-            titles = [f"errand {n}: " + "pick up the parcel at the post office " * 7 for n in range(3)]
+            titles = [f"errand {n}: " + "pick up the parcel at the post office on the corner " * 3 for n in range(3)]
             fake.knobs.tool_calls = once(*(call("add_todo", title=title) for title in titles))
             ask(app, "add my three errands")
-        follow_up = fake.evaluations[-1]
-        assert tool_results(fake.requests[-1]) and len(fake.requests[-1]["messages"][-2]["tool_calls"]) == 3
-    assert max(cost.prompt_tokens for cost in fake.evaluations[:-1]) > 1200  # the history did fill the window
+        first_round, follow_up = fake.evaluations[-2:]
+        calls = [m["tool_calls"] for m in fake.requests[-1]["messages"] if m.get("tool_calls")]
+        assert len(tool_results(fake.requests[-1])) == 3 and len(calls) == 1 and len(calls[0]) == 3
+        assert fake.requests[-1]["messages"][-5]["content"] == "add my three errands"  # what it is answering stays
+    assert first_round.prompt_tokens > 1200  # the history did fill the window
     assert follow_up.prompt_tokens <= 2048 - 512
+
+
+FILLER_TURNS = 15  # the question then comes when the prompt is fullest (the window moves every four turns here)
