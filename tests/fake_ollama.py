@@ -125,10 +125,13 @@ class FakeOllama:
             Route("/api/ps", self._ps), Route("/api/show", self._show, methods=["POST"]),
             Route("/api/chat", self._chat, methods=["POST"]), Route("/api/pull", self._pull, methods=["POST"]),
         ])
-        config = uvicorn.Config(_stamp_arrival(app), host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off")
+        config = uvicorn.Config(_stamp_arrival(app), log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        # Bound here for TCP_NODELAY, which Ollama's Go server sets on every connection and uvicorn's own socket
+        # lacks: without it each small NDJSON line waited for the ACK of the one before on a kept-alive connection.
+        sock = socket.create_server(("127.0.0.1", self.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:

@@ -26,9 +26,10 @@ def listen(host: str, port: int) -> socket.socket:
         # plain IPv6 socket would be IPv6-only (create_server sets IPV6_V6ONLY).
         dualstack = host == "::" and socket.has_dualstack_ipv6()
         sock = socket.create_server((host, port), family=family, reuse_port=False, dualstack_ipv6=dualstack)
-        # Each connection accepted from it inherits this. asyncio sets it only on sockets made for IPPROTO_TCP by
-        # name, and create_server's are not: a response's body then waited for the ACK of its headers, which the
-        # browser delays up to 40 ms (Nagle's algorithm): a todo POST took ~45 ms instead of ~5.
+        # Each connection accepted from it inherits this. uvloop sets it on every connection, but asyncio's own
+        # loop (where uvloop is not installed) only on sockets made for IPPROTO_TCP by name, which create_server's
+        # are not: a response's body then waited for the ACK of its headers, which the client delays up to 40 ms
+        # (Nagle's algorithm), and a todo POST took ~45 ms instead of ~7.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     except socket.gaierror as error:
