@@ -13,6 +13,11 @@ from services import config, logs
 from services.config import StartupError
 from llm_worker.worker import Worker
 
+try:  # the event loop the web runs on too (uvicorn[standard] brings it): each wakeup on a token's way costs less
+    from uvloop import run as run_loop
+except ImportError:  # (not built for this platform) asyncio's own
+    from asyncio import run as run_loop
+
 PID_FILE = "llm_worker.pid"
 
 
@@ -42,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
              settings.ollama_model or "(best installed)")
     gc.freeze()  # what start-up made lives as long as the process: out of the collector's way (see web/__main__.py)
     try:
-        asyncio.run(_run(settings))
+        run_loop(_run(settings))
     except StartupError as error:
         log.error("%s", error)
         return 2
