@@ -25,8 +25,13 @@ function atBottom(log) {
   return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
 }
 
+// Where the log last scrolled itself to: its scroll event arrives a frame later, when new text may already have
+// made it look scrolled up, and must not count as the person leaving the bottom.
+let followedTo = null;
+
 document.addEventListener("scroll", (event) => {
   if (event.target.id !== "chat-log") return;
+  if (event.target.scrollTop === followedTo) return;
   followChat = atBottom(event.target);
   if (followChat) jumpButton().hidden = true;
 }, true);
@@ -41,8 +46,10 @@ function followLog() {
     followPending = false;
     const log = chatLog();
     if (!log) return;
-    if (followChat) log.scrollTop = log.scrollHeight;
-    else if (!atBottom(log)) jumpButton().hidden = false;
+    if (followChat) {
+      log.scrollTop = log.scrollHeight;
+      followedTo = log.scrollTop;
+    } else if (!atBottom(log)) jumpButton().hidden = false;
   });
 }
 
