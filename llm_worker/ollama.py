@@ -75,7 +75,9 @@ class Chunk:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
 
-END_OF_STREAM_S = 1.0  # after the final line, how long its chunked end may take before the connection is dropped
+# After the final line, how long its chunked end may take before the connection is dropped instead: the reply's
+# `done` waits for it (Ollama sends it at once; a buffering proxy might not).
+END_OF_STREAM_S = 0.1
 
 
 class ModelMissing(OllamaError):

@@ -111,8 +111,11 @@ class Subscriber:
         loop = asyncio.get_running_loop()
         failed = loop.create_future()
         socket = zmq.Socket.shadow(self.socket.underlying)  # plain calls: none of zmq.asyncio's own bookkeeping
+        stopped = False  # a drain already scheduled must not run once this has ended
 
         def drain() -> None:
+            if stopped:
+                return
             try:
                 for _ in range(YIELD_EVERY):
                     # Reading EVENTS also re-arms the socket's file descriptor, which signals changes, not messages.
@@ -127,7 +130,9 @@ class Subscriber:
                     handle(message)
                 loop.call_soon(drain)  # more are queued: after the loop's other callbacks, not starving them
             except Exception as error:
-                if not failed.done():
+                if failed.done():  # (raised again before the first was seen: it must not vanish)
+                    log.exception("bus message handler failed again")
+                else:
                     failed.set_exception(error)
 
         fd = socket.getsockopt(zmq.FD)
@@ -136,6 +141,7 @@ class Subscriber:
         try:
             await failed
         finally:
+            stopped = True
             loop.remove_reader(fd)
 
     def close(self) -> None:

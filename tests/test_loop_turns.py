@@ -12,7 +12,7 @@ import zmq
 import zmq.asyncio
 
 from services import protocol
-from services.busclient import Subscriber
+from services.busclient import YIELD_EVERY, Subscriber
 from services.protocol import Message
 from web.clients import start_now
 from web.guard import OneConnectAtATime
@@ -163,3 +163,39 @@ def test_websockets_that_connect_together_are_let_in_one_per_turn_of_the_loop():
     assert [n for n, _ in let_in] == [0, 2, 3, 9]
     turns = [t for _, t in let_in[:3]]
     assert turns[0] < turns[1] < turns[2]
+
+
+def test_no_message_is_handled_once_the_dispatch_has_ended(tmp_path):
+    async def scenario():
+        address = f"ipc://{tmp_path}/pub"
+        context = zmq.asyncio.Context()
+        publisher = context.socket(zmq.PUB)
+        publisher.bind(address)
+        subscriber = Subscriber(address, [protocol.LLM], context)
+        got: list[str] = []
+
+        def handle(message: Message) -> None:
+            got.append(message.data["text"])
+            if message.data["text"] == "0":
+                dispatching.cancel()  # mid-batch, with hundreds more queued behind it
+
+        dispatching = asyncio.ensure_future(subscriber.dispatch(handle))
+        try:
+            while not got:  # (PUB drops what it sends before the subscription reaches it)
+                publisher.send_multipart(protocol.encode(Message(protocol.LLM_TOKEN, {"text": "probe"}, "test")))
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # the probes are all handled
+            got.clear()
+            for i in range(500):
+                publisher.send_multipart(protocol.encode(Message(protocol.LLM_TOKEN, {"text": str(i)}, "test")))
+            with pytest.raises(asyncio.CancelledError):
+                await dispatching
+            await asyncio.sleep(0.2)  # nothing to await for what must not happen: a drain that outlived it would run
+            return got
+        finally:
+            subscriber.close()
+            publisher.close(linger=0)
+            context.term()
+
+    got = run(scenario())
+    assert got[0] == "0" and len(got) <= YIELD_EVERY  # the batch it was cancelled in, and no other

@@ -72,6 +72,9 @@ class Clients:
                 return
             if rest is not None:
                 tab.sender = asyncio.create_task(self._send_backlog(ws, tab, rest))
+                # Cancelled before it ran (the tab left in the same turn): the half-run send is closed, not left
+                # waiting on the socket until the garbage collector finds it.
+                tab.sender.add_done_callback(lambda task: rest.close() if task.cancelled() else None)
             return
         if tab.backlog_chars + len(html) > QUEUE_LIMIT_CHARS:
             log.warning("a tab fell %d characters behind; disconnecting it so it resyncs", QUEUE_LIMIT_CHARS)
@@ -116,6 +119,9 @@ class _Rest:
 
     def __init__(self, coroutine: Coroutine, waiting_for: Any) -> None:
         self.coroutine, self.waiting_for = coroutine, waiting_for
+
+    def close(self) -> None:
+        self.coroutine.close()
 
     def __await__(self) -> Generator:
         waiting_for = self.waiting_for

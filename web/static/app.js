@@ -31,7 +31,9 @@ let followedTo = null;
 
 document.addEventListener("scroll", (event) => {
   if (event.target.id !== "chat-log") return;
-  if (event.target.scrollTop === followedTo) return;
+  const ours = event.target.scrollTop === followedTo;
+  followedTo = null;  // only that one event: the person's next scroll counts, wherever it ends
+  if (ours) return;
   followChat = atBottom(event.target);
   if (followChat) jumpButton().hidden = true;
 }, true);
