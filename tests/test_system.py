@@ -257,8 +257,14 @@ def test_the_tap_shows_every_message_type(system, fake_ollama):
         post(system, f"/todos/{system.bus.wait_for('journal.todo.added', title='clear me').data['id']}/toggle")
         post(system, "/todos/clear-completed")  # journal.todo.cleared
         post(system, "/model", model="fake-model:latest")  # journal.model.chosen, control.model
-        post(system, "/pull", model="no-such-model")  # control.pull, llm.pull
-        system.bus.wait_for("llm.pull", state="failed")
+        tab = Tab(system.ws_url)
+        try:
+            post(system, "/pull", model="no-such-model")  # control.pull, llm.pull
+            system.bus.wait_for("llm.pull", state="failed")
+            # The web heard it too (its tabs are told), so the next pull is not "already pulling".
+            tab.wait_for_text("Ollama has no model named no-such-model")
+        finally:
+            tab.close()
         fake_ollama.registry.append(FakeModel("another-one:latest"))
         fake_ollama.pull_knobs.hold_at_bytes = 0  # held at its start: certain to be running when cancelled
         post(system, "/pull", model="another-one")
