@@ -29,7 +29,6 @@ only what follows the longest common prefix; see ../shared/OLLAMA.md):
 from __future__ import annotations
 
 import json
-
 import time
 from collections import deque
 from enum import Enum

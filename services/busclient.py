@@ -98,10 +98,9 @@ class Subscriber:
                 if not await self.socket.poll(remaining_ms):
                     return None
                 continue
-            try:
-                return protocol.decode(frames)
-            except ProtocolError as error:
-                self.drops.record(error)
+            message = self._decoded(frames)
+            if message is not None:
+                return message
 
     async def dispatch(self, handle: Callable[[Message], None]) -> None:
         """Calls `handle` with every valid message, from the event loop's reader callback, until cancelled or until
@@ -121,13 +120,9 @@ class Subscriber:
                     # Reading EVENTS also re-arms the socket's file descriptor, which signals changes, not messages.
                     if not socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                         return
-                    frames = socket.recv_multipart(zmq.NOBLOCK)
-                    try:
-                        message = protocol.decode(frames)
-                    except ProtocolError as error:
-                        self.drops.record(error)
-                        continue
-                    handle(message)
+                    message = self._decoded(socket.recv_multipart(zmq.NOBLOCK))
+                    if message is not None:
+                        handle(message)
                 loop.call_soon(drain)  # more are queued: after the loop's other callbacks, not starving them
             except Exception as error:
                 if failed.done():  # (raised again before the first was seen: it must not vanish)
@@ -143,6 +138,14 @@ class Subscriber:
         finally:
             stopped = True
             loop.remove_reader(fd)
+
+    def _decoded(self, frames: list[bytes]) -> Message | None:
+        """The message in these frames, or None (counted and logged now and then) if they are not one."""
+        try:
+            return protocol.decode(frames)
+        except ProtocolError as error:
+            self.drops.record(error)
+            return None
 
     def close(self) -> None:
         self.socket.close(linger=0)
