@@ -78,13 +78,37 @@ async def _awaited(rest):
     return await rest
 
 
+class Bus:
+    """A PUB socket bound where a Subscriber listens: of the bus, what these tests need."""
+
+    def __init__(self, tmp_path) -> None:
+        address = f"ipc://{tmp_path}/pub"
+        self.context = zmq.asyncio.Context()
+        self.publisher = self.context.socket(zmq.PUB)
+        self.publisher.bind(address)
+        self.subscriber = Subscriber(address, [protocol.LLM], self.context)
+
+    def send(self, text: str) -> None:
+        self.publisher.send_multipart(protocol.encode(Message(protocol.LLM_TOKEN, {"text": text}, "test")))
+
+    async def probe_until(self, heard) -> None:
+        """PUB drops what it sends before the subscription reaches it: probes until `heard()`."""
+        while not heard():
+            self.send(PROBE)
+            await asyncio.sleep(0.01)
+
+    def close(self) -> None:
+        self.subscriber.close()
+        self.publisher.close(linger=0)
+        self.context.term()
+
+
+PROBE = "probe"
+
+
 def test_bus_messages_are_handled_in_order_and_malformed_ones_are_dropped(tmp_path):
     async def scenario():
-        address = f"ipc://{tmp_path}/pub"
-        context = zmq.asyncio.Context()
-        publisher = context.socket(zmq.PUB)
-        publisher.bind(address)
-        subscriber = Subscriber(address, [protocol.LLM], context)
+        bus = Bus(tmp_path)
         got: list[str] = []
         arrived = asyncio.Event()
 
@@ -93,23 +117,18 @@ def test_bus_messages_are_handled_in_order_and_malformed_ones_are_dropped(tmp_pa
             if message.data["text"] == "last":
                 arrived.set()
 
-        dispatching = asyncio.ensure_future(subscriber.dispatch(handle))
+        dispatching = asyncio.ensure_future(bus.subscriber.dispatch(handle))
         try:
-            # PUB drops what it sends before the subscription reaches it: probe until one arrives.
-            while not got:
-                publisher.send_multipart(protocol.encode(Message(protocol.LLM_TOKEN, {"text": "probe"}, "test")))
-                await asyncio.sleep(0.01)
+            await bus.probe_until(lambda: got)
             for i in range(120):  # more than one callback's batch (busclient.YIELD_EVERY)
-                publisher.send_multipart(protocol.encode(Message(protocol.LLM_TOKEN, {"text": str(i)}, "test")))
-                publisher.send_multipart([b"llm.token", msgpack.packb({"not": "an envelope"})])
-            publisher.send_multipart(protocol.encode(Message(protocol.LLM_TOKEN, {"text": "last"}, "test")))
+                bus.send(str(i))
+                bus.publisher.send_multipart([b"llm.token", msgpack.packb({"not": "an envelope"})])
+            bus.send("last")
             await arrived.wait()
         finally:
             dispatching.cancel()
-            subscriber.close()
-            publisher.close(linger=0)
-            context.term()
-        return [text for text in got if text != "probe"], subscriber.drops.count
+            bus.close()
+        return [text for text in got if text != PROBE], bus.subscriber.drops.count
 
     got, dropped = run(scenario())
     assert got == [str(i) for i in range(120)] + ["last"]
@@ -118,25 +137,17 @@ def test_bus_messages_are_handled_in_order_and_malformed_ones_are_dropped(tmp_pa
 
 def test_a_handler_that_raises_ends_the_dispatch_with_its_error(tmp_path):
     async def scenario():
-        address = f"ipc://{tmp_path}/pub"
-        context = zmq.asyncio.Context()
-        publisher = context.socket(zmq.PUB)
-        publisher.bind(address)
-        subscriber = Subscriber(address, [protocol.LLM], context)
+        bus = Bus(tmp_path)
 
         def handle(message: Message) -> None:
             raise RuntimeError("a bug in the handler")
 
-        dispatching = asyncio.ensure_future(subscriber.dispatch(handle))
+        dispatching = asyncio.ensure_future(bus.subscriber.dispatch(handle))
         try:
-            while not dispatching.done():
-                publisher.send_multipart(protocol.encode(Message(protocol.LLM_TOKEN, {"text": "x"}, "test")))
-                await asyncio.sleep(0.01)
+            await bus.probe_until(dispatching.done)
             return dispatching.exception()
         finally:
-            subscriber.close()
-            publisher.close(linger=0)
-            context.term()
+            bus.close()
 
     error = run(scenario())
     assert isinstance(error, RuntimeError) and str(error) == "a bug in the handler"
@@ -167,35 +178,28 @@ def test_websockets_that_connect_together_are_let_in_one_per_turn_of_the_loop():
 
 def test_no_message_is_handled_once_the_dispatch_has_ended(tmp_path):
     async def scenario():
-        address = f"ipc://{tmp_path}/pub"
-        context = zmq.asyncio.Context()
-        publisher = context.socket(zmq.PUB)
-        publisher.bind(address)
-        subscriber = Subscriber(address, [protocol.LLM], context)
-        got: list[str] = []
+        bus = Bus(tmp_path)
+        probed, got = [], []
 
         def handle(message: Message) -> None:
+            if message.data["text"] == PROBE:
+                probed.append(message)
+                return
             got.append(message.data["text"])
             if message.data["text"] == "0":
                 dispatching.cancel()  # mid-batch, with hundreds more queued behind it
 
-        dispatching = asyncio.ensure_future(subscriber.dispatch(handle))
+        dispatching = asyncio.ensure_future(bus.subscriber.dispatch(handle))
         try:
-            while not got:  # (PUB drops what it sends before the subscription reaches it)
-                publisher.send_multipart(protocol.encode(Message(protocol.LLM_TOKEN, {"text": "probe"}, "test")))
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)  # the probes are all handled
-            got.clear()
+            await bus.probe_until(lambda: probed)
             for i in range(500):
-                publisher.send_multipart(protocol.encode(Message(protocol.LLM_TOKEN, {"text": str(i)}, "test")))
+                bus.send(str(i))
             with pytest.raises(asyncio.CancelledError):
                 await dispatching
             await asyncio.sleep(0.2)  # nothing to await for what must not happen: a drain that outlived it would run
             return got
         finally:
-            subscriber.close()
-            publisher.close(linger=0)
-            context.term()
+            bus.close()
 
     got = run(scenario())
     assert got[0] == "0" and len(got) <= YIELD_EVERY  # the batch it was cancelled in, and no other
