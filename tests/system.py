@@ -3,6 +3,7 @@ DATA_DIR, plus watchers that record what the bus and a browser's WebSocket see a
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import signal
@@ -290,6 +291,13 @@ class Tab:
 
     def wait_for_text(self, text: str, timeout_s: float = 10) -> str:
         return self.frames.wait_for(lambda frame: text in frame, timeout_s, f"a frame containing {text!r}")
+
+    def send(self, frame: str | bytes) -> None:
+        self._ws.send(frame)
+
+    def send_chat(self, text: object) -> None:
+        """What the page's chat form sends (htmx's ws-send): its fields and htmx's headers, as one JSON object."""
+        self.send(json.dumps({"text": text, "HEADERS": {"HX-Request": "true", "HX-Trigger": "chat-form"}}))
 
     def close(self) -> None:
         self._ws.close()

@@ -11,7 +11,7 @@ import pytest
 
 from services.busclient import MAX_MESSAGE_BYTES
 from services.text import MAX_REPLY_CHARS, is_valid_unicode, valid_unicode
-from tests.system import HTMX, System, running
+from tests.system import HTMX, System, Tab, running
 
 HUGE_ID = "99999999999999999999999"  # beyond SQLite's signed 64-bit integers
 LONE_SURROGATE = '"hi \\ud800 there"'  # JSON's escape, as a client sends it: Python decodes it to a lone surrogate
@@ -78,6 +78,28 @@ def test_a_message_or_title_of_the_wrong_type_gets_422_and_nothing_is_stored(web
         assert response.status_code == 422, (method, path, value, response.text)
         assert "must be text" in response.text
     assert stored(web) == (["keep me"], ["journal.todo.added"])
+
+
+def test_a_tab_sends_its_chat_over_its_websocket_and_what_no_page_sends_is_dropped(web):
+    tab = Tab(web.ws_url)
+    try:
+        tab.wait_for_text('id="llm-state"')  # connected: its resync came
+        for frame in (b"binary", "not JSON", "[1, 2]", "[" * 50_000, '"a string"'):
+            tab.send(frame)
+        refusals = ((12, "A message must be text."), ("   ", "A message cannot be empty."),
+                    ("x" * 4_001, "A message is too long: 4001 characters"), (None, "A message must be text."))
+        for text, why in refusals:
+            tab.send_chat(text)
+            form = tab.wait_for_text(why)
+            assert form.startswith('<form') and 'id="chat-form"' in form and 'hx-swap-oob="true"' in form
+        tab.send(json.dumps({"text": "hi \ud800 there"}))  # a lone surrogate, escaped as JSON allows
+        assert "hi \ufffd there" in tab.wait_for_text("not valid Unicode")  # shown repaired, refused all the same
+        tab.send_chat("heard, on the same connection")
+        tab.wait_for_text("heard, on the same connection")  # every tab's copy of the message, this one's too
+    finally:
+        tab.close()
+    assert stored(web) == ([], ["journal.chat.sent"])
+    assert web.logs().count("dropped frame from a tab that no page of ours sends (1 so far)") == 1
 
 
 def test_ids_that_cannot_exist_get_404(web):

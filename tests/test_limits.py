@@ -9,7 +9,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.system import running
+from tests.system import HTMX, Tab, running
 from web.ratelimit import TokenBucket
 
 
@@ -39,6 +39,23 @@ def test_a_flood_of_changes_is_refused_beyond_the_rate_limit(tmp_path):
             stored = db.execute("SELECT COUNT(*) FROM todos").fetchone()[0]
             journaled = db.execute("SELECT COUNT(*) FROM journal").fetchone()[0]
         assert stored == journaled == codes.count(200) <= 10 + 0.05 * elapsed + 1  # burst + rate × time
+
+
+def test_chat_messages_over_a_websocket_spend_the_same_budget(tmp_path):
+    with running(tmp_path, "http://127.0.0.1:9", worker=False, ACTIONS_PER_S="0.05", ACTION_BURST="3") as app:
+        tab = Tab(app.ws_url)
+        try:
+            tab.wait_for_text('id="llm-state"')
+            assert httpx.post(app.url + "/todos", data={"title": "one"}, headers=HTMX, timeout=5).status_code == 200
+            for number in range(3):
+                tab.send_chat(f"message {number}")
+            refused = tab.wait_for_text("slow down")
+            assert 'id="chat-form"' in refused and "message 2" in refused  # the text comes back, with why
+        finally:
+            tab.close()
+        with sqlite3.connect(app.data_dir / "app.sqlite3") as db:
+            chats = [row[0] for row in db.execute("SELECT data FROM journal WHERE type = 'journal.chat.sent'")]
+        assert len(chats) == 2 and "message 2" not in "".join(chats)
 
 
 def test_an_oversized_websocket_frame_closes_that_connection(system):

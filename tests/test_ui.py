@@ -77,6 +77,21 @@ def test_enter_sends_shift_enter_adds_a_line_and_the_input_clears_and_keeps_focu
     expect(page.get_by_label("Message")).to_be_focused()
 
 
+def test_a_refused_message_comes_back_with_why_and_the_form_still_sends(system, page):
+    # Spaces pass the textarea's `required`; the web refuses them over the WebSocket and sends the form back.
+    message = page.get_by_label("Message")
+    message.fill("   ")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#chat-form .error")).to_have_text("A message cannot be empty.")
+    expect(page.get_by_label("Message")).to_have_value("   ")  # the swapped-in form has what was typed
+    page.get_by_label("Message").fill("now with words")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("log").locator(".msg.user p")).to_have_text("now with words")
+    expect(page.locator("#chat-form .error")).to_have_count(0)
+    expect(page.get_by_label("Message")).to_have_value("")
+    assert [m.data["text"] for m in system.bus.of_type("journal.chat.sent")] == ["now with words"]
+
+
 def test_code_blocks_have_a_copy_button_that_copies(fake_ollama, page):
     fake_ollama.knobs.reply = lambda request: ["Try:\n\n", "```py\n", "print('hi')\n", "```\n"]
     page.get_by_label("Message").fill("show me code")

@@ -14,19 +14,20 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from fasthtml.common import FastHTML, Meta, Safe, Script, to_xml
 from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Mount
+from starlette.routing import Mount, WebSocketRoute
+from starlette.websockets import WebSocket
 from starlette.staticfiles import StaticFiles
 
 from services import curve, protocol
-from services.busclient import Publisher, Subscriber
+from services.busclient import DropLog, Publisher, Subscriber
 from services.tasks import supervised
 from services.config import Settings
 from store import Store
 from store.db import MAX_INTEGER
 from web.clients import Clients
 from web.components import PAGE_HEAD, ChatForm, ChatHistory, ChatLog, Page, Status, UserMessage, oob
-from web.guard import RATE_LIMITED_HEADERS, add_perimeter
-from web.inputs import MAX_MESSAGE_CHARS, InputError, clean_text, invalid, shown, whole_number
+from web.guard import RATE_LIMITED, RATE_LIMITED_HEADERS, add_perimeter
+from web.inputs import MAX_MESSAGE_CHARS, InputError, clean_text, form_fields, invalid, shown, whole_number
 from web.journal import Journal
 from web.relay import Relay
 from web import assistant_actions, models, todos, workers
@@ -78,15 +79,19 @@ def parse_seq(text: object) -> int:
 async def database_unavailable(conn: HTTPConnection, error: sqlite3.OperationalError) -> Response | None:
     """Any route's answer when the database is locked by another process, full, or failing: the transaction was
     rolled back (see Store.transaction), so nothing was stored and the person can simply try again."""
-    log.warning("database unavailable (%s): %s", error.sqlite_errorname, error)
     if conn.scope["type"] == "websocket":
+        log.warning("database unavailable (%s): %s", error.sqlite_errorname, error)
         return None  # the endpoint has already closed it (1011), and the tab reconnects by itself
-    if error.sqlite_errorname in ("SQLITE_BUSY", "SQLITE_LOCKED"):
-        message = "The database is busy; try again in a moment."
-    else:
-        message = f"The database could not be used ({error}): free some disk space for DATA_DIR, then try again."
     # The notice area and retry hint of a rate-limited request: htmx shows the message there, not in the form.
-    return PlainTextResponse(message, 503, headers=RATE_LIMITED_HEADERS)
+    return PlainTextResponse(unavailable(error), 503, headers=RATE_LIMITED_HEADERS)
+
+
+def unavailable(error: sqlite3.Error) -> str:
+    """What to tell the person when the database refused a change (logged here)."""
+    log.warning("database unavailable (%s): %s", getattr(error, "sqlite_errorname", ""), error)
+    if getattr(error, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        return "The database is busy; try again in a moment."
+    return f"The database could not be used ({error}): free some disk space for DATA_DIR, then try again."
 
 
 def create_app(settings: Settings) -> FastHTML:
@@ -135,7 +140,7 @@ def create_app(settings: Settings) -> FastHTML:
     )
     app.state.relay, app.state.clients, app.state.store = relay, clients, store
     app.add_exception_handler(sqlite3.OperationalError, database_unavailable)
-    add_perimeter(app, settings)
+    change_budget = add_perimeter(app, settings)
 
     # Every route is `async def` on purpose: FastHTML runs plain `def` routes in a thread pool, and the store's
     # connection and the PUB socket belong to the event loop's thread.
@@ -185,19 +190,44 @@ def create_app(settings: Settings) -> FastHTML:
         shown_filter = todos.filter_of(filter)
         return Page(shown_filter, lists.view(shown_filter), chat_log(), relay.status, model_panel.view())
 
-    @app.post("/chat")
-    async def send_chat(form: dict):
-        text = form.get("text", "")
-        try:
-            text = clean_text(text, "A message", MAX_MESSAGE_CHARS)
-        except InputError as error:
-            return invalid(ChatForm(shown(text), str(error)))
+    def take_message(text: object) -> None:
+        """A person's chat message, by either way in: journaled, published, and shown in every tab; InputError
+        (nothing stored) if it is not one."""
+        text = clean_text(text, "A message", MAX_MESSAGE_CHARS)
         with journal.entry(protocol.CHAT_SENT) as data:
             data.update(text=text)
         clients.broadcast(oob(UserMessage(journal.last_published), target="chat-log"))
-        # No content: the page clears the form itself (app.js). Swapping a new form in kept the tab busy for
-        # ~10 ms right when the reply's first frames arrive.
+
+    @app.post("/chat")
+    async def send_chat(form: dict):
+        # For scripts and tests: the page sends its messages over its WebSocket (see message_from_tab).
+        try:
+            take_message(form.get("text", ""))
+        except InputError as error:
+            return invalid(ChatForm(shown(form.get("text", "")), str(error)))
         return Response(status_code=204)
+
+    unreadable = DropLog("frame from a tab that no page of ours sends")
+
+    def message_from_tab(frame: object):
+        """A frame a tab sent: its chat form (ws-send). Nothing goes back when the message is taken (every tab,
+        this one included, shows it); else the form, with the text and why not. A frame no page of ours sends is
+        logged and dropped."""
+        try:
+            fields = form_fields(frame)
+        except ValueError as error:
+            unreadable.record(error)
+            return None
+        text = fields.get("text", "")
+        try:
+            if not change_budget.take():  # the budget of every change by HTTP (web/guard.py)
+                raise InputError(RATE_LIMITED)
+            take_message(text)
+        except InputError as error:
+            return oob(ChatForm(shown(text), str(error)))
+        except sqlite3.Error as error:  # rolled back: nothing stored, and the person can try again
+            return oob(ChatForm(shown(text), unavailable(error)))
+        return None
 
     @app.post("/chat/retry")
     async def retry_reply(form: dict):
@@ -228,18 +258,25 @@ def create_app(settings: Settings) -> FastHTML:
             last_resync[view] = cached = (head, lists.version, status, markup)
         return cached[3]
 
-    async def on_connect(ws):
+    async def tab_socket(ws: WebSocket) -> None:
+        """Each tab's one WebSocket. Everything the page shows live goes out on it; what comes in is the chat form.
+        A chat message is on the path of the reply's first token, and as an htmx POST it cost that token ~10 ms in
+        chromium here: the request, the web's middleware and form parsing, and htmx handling the answer while the
+        reply's first frames waited. The todo list's changes stay HTTP requests."""
+        await ws.accept()
         # A tab that (re)connects gets the current state of what it shows, swapped in by id: after a restart of the
         # web, or a disconnect for falling behind, it shows what it missed without a reload and without duplicates.
         # Only the rows it had loaded, by its URL: never the whole list.
         clients.connect(ws)
-        clients.send_html(ws, resync(todos.view_of(ws.query_params)) + model_panel.resync())
+        try:
+            clients.send_html(ws, resync(todos.view_of(ws.query_params)) + model_panel.resync())
+            while (frame := await ws.receive())["type"] == "websocket.receive":
+                answer = message_from_tab(frame.get("text"))  # None: a binary frame
+                if answer is not None:
+                    clients.send(ws, answer)
+        finally:
+            clients.disconnect(ws)
 
-    async def on_disconnect(ws):
-        clients.disconnect(ws)
-
-    @app.ws("/ws", conn=on_connect, disconn=on_disconnect)
-    async def ws_message(msg: str = ""):
-        pass  # tabs only listen; actions arrive as HTTP requests, which carry validation errors back
+    app.router.routes.append(WebSocketRoute("/ws", tab_socket))
 
     return app

@@ -32,6 +32,7 @@ SECURITY_HEADERS = {
 DEFAULT_REFERRER_POLICY = "no-referrer"
 # htmx swaps a 429 into the page's notice area instead of the form that was submitted.
 RATE_LIMITED_HEADERS = {"HX-Retarget": "#notice", "HX-Reswap": "innerHTML", "Retry-After": "1"}
+RATE_LIMITED = "Too many changes at once: slow down a little."
 
 
 def allowed_hosts(names: list[str], port: int) -> set[str]:
@@ -39,15 +40,18 @@ def allowed_hosts(names: list[str], port: int) -> set[str]:
     return {f"{name}:{port}" for name in names} | (set(names) if port == 80 else set())
 
 
-def add_perimeter(app: Starlette, settings: Settings) -> None:
+def add_perimeter(app: Starlette, settings: Settings) -> TokenBucket:
     """The middleware, outermost last: the Guard (Host, Origin, CSP), then the access gate when the web listens beyond
     loopback, then the rate limit. The limit is innermost because its budget is shared by every user: a device the
-    gate refuses must not spend it, or a phone with no token could make everyone's edits 429."""
-    app.add_middleware(ChangeLimit, bucket=TokenBucket(settings.actions_per_s, settings.action_burst))
+    gate refuses must not spend it, or a phone with no token could make everyone's edits 429. Returns that budget,
+    which a chat message sent over a tab's WebSocket spends too (web/app.py)."""
+    bucket = TokenBucket(settings.actions_per_s, settings.action_burst)
+    app.add_middleware(ChangeLimit, bucket=bucket)
     if access_token.required(settings):
         app.add_middleware(AccessGate, token_path=access_token.path(settings), port=settings.web_port)
     app.add_middleware(Guard, hosts=allowed_hosts(settings.allowed_hosts, settings.web_port))
     app.add_middleware(OneConnectAtATime)
+    return bucket
 
 
 class OneConnectAtATime:
@@ -131,8 +135,7 @@ class ChangeLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("method", "GET") not in SAFE_METHODS and not self.bucket.take():
-            response = PlainTextResponse("Too many changes at once: slow down a little.", 429,
-                                         headers=RATE_LIMITED_HEADERS)
+            response = PlainTextResponse(RATE_LIMITED, 429, headers=RATE_LIMITED_HEADERS)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -2,6 +2,8 @@
 the 422 that carries the form back with the reason."""
 from __future__ import annotations
 
+import json
+
 from fasthtml.common import to_xml
 from starlette.responses import HTMLResponse
 
@@ -38,6 +40,20 @@ def shown(text: object) -> str:
 def invalid(component) -> HTMLResponse:
     """422 with the form re-rendered around its error: htmx swaps it in (see HTMX_CONFIG), nothing is stored."""
     return HTMLResponse(to_xml(component), status_code=422)
+
+
+def form_fields(frame: object) -> dict:
+    """The fields of a form a tab sent over its WebSocket (htmx's ws-send: one JSON object of the form's values, and
+    its request headers under HEADERS). ValueError for anything else: no page of ours sent it."""
+    if not isinstance(frame, str):
+        raise ValueError("a binary frame")
+    try:
+        fields = json.loads(frame)  # (JSONDecodeError is a ValueError)
+    except RecursionError:  # [[[[… nested deeper than Python's stack: 64 KiB frames can be
+        raise ValueError("JSON nested too deep") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"a JSON {type(fields).__name__}, not an object")
+    return fields
 
 
 def whole_number(text: object, what: str, limit: int) -> int:

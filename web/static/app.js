@@ -155,14 +155,17 @@ document.addEventListener("htmx:beforeSwap", (event) => {
   if (event.detail.target.id === "load-earlier") fromBottom = chatLog().scrollHeight - chatLog().scrollTop;
 });
 
-// A message sent: the web answers 204 and the form is cleared here, with no swap (see send_chat in app.py).
-document.addEventListener("htmx:afterRequest", (event) => {
-  const form = event.detail.elt;
-  if (form.id !== "chat-form" || event.detail.xhr.status !== 204) return;
-  form.reset();
+// A message sent (over the WebSocket: see ChatForm) clears the form here. Should the web refuse it, the form comes
+// back with the text and why.
+document.addEventListener("htmx:wsAfterSend", (event) => {
+  const form = event.target;
+  if (form.id !== "chat-form") return;
+  const message = document.getElementById("message");
+  // Not form.reset(): a form that came back refused has the refused text as its default, and would show it again.
+  message.defaultValue = message.value = "";
   const error = form.querySelector(".error");
   if (error) error.remove();
-  document.getElementById("message").focus();
+  message.focus();
 });
 
 // After a form is swapped back in, keep typing where you were.
