@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import httpx
 
@@ -183,9 +183,11 @@ class OllamaClient:
         return frozenset(c for c in found if isinstance(c, str)) if isinstance(found, list) else frozenset()
 
     async def chat(self, model: str, messages: list[dict], num_ctx: int, tools: list[dict] | None = None,
-                   think: bool | str | None = None) -> AsyncIterator[Chunk]:
+                   think: bool | str | None = None, on_sent: Callable[[], None] | None = None
+                   ) -> AsyncIterator[Chunk]:
         """Stream one reply. Leaving the iteration early closes the HTTP connection, which stops Ollama generating.
-        `tools` and `think` are sent only when given: a model without the capability answers 400 to them."""
+        `tools` and `think` are sent only when given: a model without the capability answers 400 to them.
+        `on_sent` is called once the whole request is written (httpcore's trace hook), before any answer."""
         body = {"model": model, "messages": messages, "stream": True, "keep_alive": self.settings.keep_alive,
                 "options": {"num_ctx": num_ctx, "num_predict": self.settings.num_predict}}
         if tools:
@@ -193,6 +195,11 @@ class OllamaClient:
         if think is not None:
             body["think"] = think
         request = self.http.build_request("POST", "/api/chat", json=body)
+        if on_sent is not None:
+            async def trace(event: str, info: dict) -> None:
+                if event == "http11.send_request_body.complete":
+                    on_sent()
+            request.extensions["trace"] = trace
         response = await self._send(request, model)
         try:
             if response.status_code != 200:

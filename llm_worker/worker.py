@@ -10,6 +10,7 @@ import os
 import time
 import uuid
 from contextlib import aclosing
+from typing import Callable
 
 import zmq.asyncio
 
@@ -235,17 +236,23 @@ class Worker:
         thought = Thought()
         done_reason = "stop"
         self._stop_requested = False
-        self._publish(protocol.LLM_START, reply_id=reply_id, token=token, covers_seq=covers_seq,
-                      answers=[e.seq for e in batch])
+
+        def started() -> None:
+            # Said once the request is written, not before: each message published wakes the bus and the web,
+            # which then took a core from this process while it was still writing the request (2 cores here).
+            self._publish(protocol.LLM_START, reply_id=reply_id, token=token, covers_seq=covers_seq,
+                          answers=[e.seq for e in batch])
+            self._set_state("thinking")
+
         try:
             if not self._model_checked:  # the try after a failure: the model, or its context window, may differ
                 await self._ensure_model()
-            self._set_state("thinking")
             budget = self.num_ctx - self.settings.num_predict
             if "tools" in self.capabilities:  # their schemas go into the prompt too
                 budget -= self.conversation.estimate_tokens(json.dumps(TOOLS))
             asked = batch[-1].type in protocol.ASKS
-            done_reason, stats = await self._stream(reply_id, token, covers_seq, budget, parts, thought, asked)
+            done_reason, stats = await self._stream(reply_id, token, covers_seq, budget, parts, thought, asked,
+                                                    started)
         except OllamaError as error:
             self._fail(reply_id, token, str(error))
             return
@@ -269,7 +276,7 @@ class Worker:
         self._set_state("ready")
 
     async def _stream(self, reply_id: str, token: int, covers_seq: int, budget: int, parts: list[str],
-                      thought: Thought, asked: bool) -> tuple[str, dict]:
+                      thought: Thought, asked: bool, started: Callable[[], None]) -> tuple[str, dict]:
         """Stream the reply's text (into `parts`) and thinking onto the bus. When the model calls tools, the web
         makes the changes (llm_worker/tools.py) and the model continues from their results, in the same reply.
         Tools are offered only to answer a person's message (`asked`): a comment on what they did needs none, and
@@ -295,7 +302,8 @@ class Worker:
                 else:  # the same prompt, so Ollama's cache holds, unless the calls and results would not fit
                     messages = self.conversation.with_turns(prompt, tool_turns, budget)
                 offered = tools and tools.offered()
-                stream = self.ollama.chat(self.model, messages, self.num_ctx, offered, think)
+                stream = self.ollama.chat(self.model, messages, self.num_ctx, offered, think,
+                                          on_sent=None if rounds else started)
                 async with aclosing(stream) as chunks:  # closing the stream stops Ollama generating
                     async for chunk in chunks:
                         thinking = thought.add(chunk.thinking) if chunk.thinking else ""

@@ -104,6 +104,31 @@ def test_an_unreachable_ollama_says_how_to_start_it():
         run(collect(client_for(fake)))
 
 
+def test_on_sent_is_called_once_the_request_is_written_before_any_answer_and_never_when_it_cannot_be():
+    # The worker says it started a reply (llm.start) from this hook: the bus and the web stay quiet while it writes.
+    async def reply(client: OllamaClient, events: list) -> None:
+        try:
+            async for chunk in client.chat("fake-model:latest", HELLO, num_ctx=4096,
+                                           on_sent=lambda: events.append(("sent", loop.time()))):
+                events.append(("chunk", loop.time()))
+        finally:
+            await client.close()
+
+    loop = asyncio.new_event_loop()
+    with FakeOllama() as fake:
+        fake.knobs.first_token_delay_s = 0.5  # a model evaluating the prompt: no answer, not even headers
+        events: list = []
+        loop.run_until_complete(reply(client_for(fake), events))
+        assert [kind for kind, _ in events][:2] == ["sent", "chunk"] and [k for k, _ in events].count("sent") == 1
+        assert events[1][1] - events[0][1] >= 0.4  # called when written, not when the answer came
+        assert len(fake.requests) == 1
+    unreachable: list = []
+    with pytest.raises(OllamaError, match="not reachable"):
+        loop.run_until_complete(reply(client_for(fake), unreachable))  # (stopped above)
+    loop.close()
+    assert unreachable == []
+
+
 def test_a_slow_first_token_is_waited_for_but_a_stalled_stream_is_not():
     with FakeOllama() as fake:
         fake.knobs.first_token_delay_s = 1.0  # a model loading: longer than the chunk deadline below

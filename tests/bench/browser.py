@@ -44,7 +44,7 @@ WATCH = """marker => { window.firstShown = new Promise(resolve => {
 FIRST_SHOWN = """wait => Promise.race([window.firstShown, new Promise((_, fail) => setTimeout(
   () => fail(new Error("the reply's first token never showed")), wait))])"""
 HOPS = ("click → chat journaled (WebSocket, SQLite, publish)", "journaled → claim granted (bus, worker's request)",
-        "claim granted → worker's llm.start", "llm.start → Ollama request arrives (HTTP)",
+        "claim granted → request written: llm.start (worker: prompt, httpx)", "llm.start → Ollama request arrives",
         "first token written → worker publishes it", "published → frame in the page (bus, relay, WebSocket)",
         "frame in the page → visible (htmx swap)")
 
