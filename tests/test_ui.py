@@ -92,6 +92,20 @@ def test_a_refused_message_comes_back_with_why_and_the_form_still_sends(system, 
     assert [m.data["text"] for m in system.bus.of_type("journal.chat.sent")] == ["now with words"]
 
 
+def test_after_send_by_click_or_keyboard_the_message_box_has_the_focus(system, page):
+    message = page.get_by_label("Message")
+    message.fill("clicked")
+    page.get_by_role("button", name="Send").click()  # pressing it leaves the focus where it was
+    expect(page.get_by_role("log").locator(".msg.user p")).to_have_text("clicked")
+    expect(message).to_be_focused()
+    message.fill("by keyboard")
+    page.get_by_role("button", name="Send").focus()  # reached with Tab, pressed with Enter
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("log").locator(".msg.user p").last).to_have_text("by keyboard")
+    expect(message).to_have_value("")
+    expect(message).to_be_focused()  # moved back, to type the next one
+
+
 def test_code_blocks_have_a_copy_button_that_copies(fake_ollama, page):
     fake_ollama.knobs.reply = lambda request: ["Try:\n\n", "```py\n", "print('hi')\n", "```\n"]
     page.get_by_label("Message").fill("show me code")
