@@ -179,6 +179,39 @@ def test_an_open_websocket_is_closed_once_the_token_is_rotated(tmp_path):
     asyncio.run(scenario())
 
 
+def test_a_frame_a_tab_sends_after_its_session_ended_never_reaches_the_app(tmp_path):
+    # A chat message comes up the tab's WebSocket: it must be refused as a POST from that tab would be (401), even in
+    # the second before the watcher closes the socket.
+    from services import access_token
+
+    heard: list[str] = []
+    heard_one = asyncio.Event()
+
+    async def listening(scope, receive, send) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            heard.append(message["text"])
+            heard_one.set()
+
+    gate = AccessGate(listening, token_path=tmp_path / "web-token", port=PORT)
+
+    async def scenario():
+        tab = Tab(gate, session_of(gate))
+        assert (await tab.next_out())["type"] == "websocket.accept"
+        tab.incoming.put_nowait({"type": "websocket.receive", "text": "before"})
+        await asyncio.wait_for(heard_one.wait(), 5)
+        access_token.rotate(tmp_path / "web-token")
+        assert gate.sessions.accepts(access_token.read(tmp_path / "web-token"))
+        tab.incoming.put_nowait({"type": "websocket.receive", "text": "after"})
+        closed = await tab.next_out(timeout_s=3 * SESSION_CHECK_S)
+        assert closed["type"] == "websocket.close" and closed["code"] == POLICY_VIOLATION
+        await asyncio.wait_for(tab.task, 5)  # the app saw its socket end
+
+    asyncio.run(scenario())
+    assert heard == ["before"]
+
+
 def test_refused_token_attempts_are_logged_the_first_time_and_then_every_hundredth(gate, caplog):
     from web.auth import REFUSALS_LOG_EVERY
     from web.sessions import ATTEMPT_BURST, Attempts

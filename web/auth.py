@@ -196,8 +196,16 @@ class AccessGate:
 
     async def _serve_websocket(self, session: str, scope: Scope, receive: Receive, send: Send) -> None:
         """The app's WebSocket, closed (1008) within SESSION_CHECK_S once its session ends: after a rotation the web
-        has seen, not one more frame goes out."""
+        has seen, not one more frame goes out, and no frame the tab sends after its session ended gets in (a chat
+        message comes up this socket: it is checked as a POST is)."""
         seen = self.sessions.token.generation
+
+        async def receive_while_valid() -> Message:
+            message = await receive()
+            if message["type"] == "websocket.receive" and not self.sessions.valid(session):
+                await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": "session ended"})
+                return {"type": "websocket.disconnect", "code": POLICY_VIOLATION}
+            return message
 
         async def send_while_valid(message: Message) -> None:
             # Per frame (the token-streaming path) one integer compare, no lock and no stat. Only when the token
@@ -220,6 +228,6 @@ class AccessGate:
 
         watcher = asyncio.create_task(end_when_invalid())
         try:
-            await self.app(scope, receive, send_while_valid)
+            await self.app(scope, receive_while_valid, send_while_valid)
         finally:
             watcher.cancel()
