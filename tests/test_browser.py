@@ -115,6 +115,32 @@ def test_a_restarted_web_is_reconnected_to_and_the_page_catches_up(system, fake_
     expect(page.get_by_role("list", name="Todos").locator("li.todo")).to_have_count(2)
 
 
+def test_a_message_sent_while_the_page_reconnects_stays_in_the_box_and_is_never_sent_later(system, browser):
+    page = browser.new_page()
+    page.goto(system.url)
+    expect(page.get_by_role("status")).to_contain_text("ready")
+    expect(page.locator("body[data-offline]")).to_have_count(0)  # connected
+    page.evaluate("htmx.config.wsReconnectDelay = () => 2000")
+    os.kill(system.processes["web"].pid, signal.SIGKILL)
+    message = page.get_by_label("Message")
+    message.fill("while away")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#chat-form .error")).to_contain_text("Not connected")  # pressed before the reconnect
+    expect(message).to_have_value("while away")
+    assert page.url.rstrip("/") == system.url.rstrip("/")  # no plain POST to /chat either
+    expect(page.locator("body[data-offline]")).to_have_count(1)
+    system.start_web()
+    expect(page.locator("body[data-offline]")).to_have_count(0, timeout=20_000)  # reconnected
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("log").locator(".msg.user p")).to_have_text(["while away"], timeout=20_000)
+    page.get_by_label("Message").fill("and after")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("log").locator(".msg.user p")).to_have_text(["while away", "and after"])
+    # Had the first press been queued, the message would have gone twice: once when the socket opened.
+    system.bus.wait_for("journal.chat.sent", text="and after")  # (the bus watcher may lag the page)
+    assert [m.data["text"] for m in system.bus.of_type("journal.chat.sent")] == ["while away", "and after"]
+
+
 def test_the_status_counts_the_workers_and_names_the_one_answering(tmp_path, fake_ollama, browser):
     fake_ollama.knobs.tokens_per_s = 10
     fake_ollama.knobs.reply = lambda request: [" slowly"] * 40

@@ -155,6 +155,31 @@ document.addEventListener("htmx:beforeSwap", (event) => {
   if (event.detail.target.id === "load-earlier") fromBottom = chatLog().scrollHeight - chatLog().scrollTop;
 });
 
+// A chat message goes up the tab's WebSocket (see ChatForm). While it reconnects (a restart of the web, a network
+// blip), htmx would queue the message unseen and send it whenever the socket opens, perhaps with a second copy from
+// a second press: instead it stays in the box, and the form says why. (Only once the socket has closed: while the
+// page first connects, a few milliseconds, the queue is what a quick first message needs.)
+let socketOpen = true;
+function connected(open) {
+  socketOpen = open;
+  document.body.toggleAttribute("data-offline", !open);  // (for a test to wait on, and for styles)
+}
+document.addEventListener("htmx:wsOpen", () => connected(true));
+document.addEventListener("htmx:wsClose", () => connected(false));
+document.addEventListener("htmx:wsConfigSend", (event) => {
+  if (socketOpen || event.target.id !== "chat-form") return;
+  event.preventDefault();
+  if (event.detail.triggeringEvent) event.detail.triggeringEvent.preventDefault();  // no plain POST either
+  let error = event.target.querySelector(".error");
+  if (!error) {
+    error = document.createElement("p");
+    error.className = "error";
+    error.setAttribute("role", "alert");
+    event.target.append(error);
+  }
+  error.textContent = "Not connected to the app just now: your message is still here. Send it again in a moment.";
+});
+
 // A message sent (over the WebSocket: see ChatForm) clears the form here. Should the web refuse it, the form comes
 // back with the text and why.
 document.addEventListener("htmx:wsAfterSend", (event) => {
