@@ -195,12 +195,21 @@ class OllamaClient:
         if think is not None:
             body["think"] = think
         request = self.http.build_request("POST", "/api/chat", json=body)
-        if on_sent is not None:
-            async def trace(event: str, info: dict) -> None:
-                if event == "http11.send_request_body.complete":
-                    on_sent()
-            request.extensions["trace"] = trace
+        sent = on_sent is None
+
+        def written() -> None:
+            nonlocal sent
+            if not sent:
+                sent = True
+                on_sent()
+
+        async def trace(event: str, info: dict) -> None:
+            if event == "http11.send_request_body.complete":
+                written()
+
+        request.extensions["trace"] = trace
         response = await self._send(request, model)
+        written()  # at the latest with the answer: should an httpx to come not call the hook, it is late, not lost
         try:
             if response.status_code != 200:
                 await response.aread()

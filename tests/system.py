@@ -295,6 +295,12 @@ class Tab:
     def send(self, frame: str | bytes) -> None:
         self._ws.send(frame)
 
+    def close_code(self, timeout_s: float = 10) -> int | None:
+        """How the web closed this tab's socket, once it has."""
+        self._thread.join(timeout=timeout_s)
+        assert not self._thread.is_alive(), f"the socket is still open after {timeout_s} s"
+        return self._ws.close_code
+
     def send_chat(self, text: object) -> None:
         """What the page's chat form sends (htmx's ws-send): its fields and htmx's headers, as one JSON object."""
         self.send(json.dumps({"text": text, "HEADERS": {"HX-Request": "true", "HX-Trigger": "chat-form"}}))

@@ -80,20 +80,30 @@ def test_a_message_or_title_of_the_wrong_type_gets_422_and_nothing_is_stored(web
     assert stored(web) == (["keep me"], ["journal.todo.added"])
 
 
-def test_a_tab_sends_its_chat_over_its_websocket_and_what_no_page_sends_is_dropped(web):
+def test_a_tab_sends_its_chat_over_its_websocket_and_a_frame_no_page_sends_closes_it(web):
+    for frame in (b"binary", "not JSON", "[1, 2]", "[" * 50_000, '"a string"'):
+        tab = Tab(web.ws_url)
+        try:
+            tab.wait_for_text('id="llm-state"')  # connected: its resync came
+            tab.send(frame)
+            assert tab.close_code() == 1003  # unsupported data: no page of ours sends it
+        finally:
+            tab.close()
     tab = Tab(web.ws_url)
     try:
-        tab.wait_for_text('id="llm-state"')  # connected: its resync came
-        for frame in (b"binary", "not JSON", "[1, 2]", "[" * 50_000, '"a string"'):
+        tab.wait_for_text('id="llm-state"')
+        refusals = ((json.dumps({"text": 12}), "A message must be text."),
+                    (json.dumps({"text": "   "}), "A message cannot be empty."),
+                    (json.dumps({"text": "x" * 4_001}), "A message is too long: 4001 characters"),
+                    (json.dumps({"HEADERS": {}}), "A message cannot be empty."),
+                    ('{"text": null}', "A message must be text."),
+                    ('{"text": "hi \\ud800 there"}', "not valid Unicode"))  # JSON's escape for a lone surrogate
+        for frame, why in refusals:
+            start = len(tab.frames.items)  # (each refusal's own frame, not the one before)
             tab.send(frame)
-        refusals = ((12, "A message must be text."), ("   ", "A message cannot be empty."),
-                    ("x" * 4_001, "A message is too long: 4001 characters"), (None, "A message must be text."))
-        for text, why in refusals:
-            tab.send_chat(text)
-            form = tab.wait_for_text(why)
+            form = tab.frames.wait_for(lambda frame: why in frame, 10, why, start)
             assert form.startswith('<form') and 'id="chat-form"' in form and 'hx-swap-oob="true"' in form
-        tab.send(json.dumps({"text": "hi \ud800 there"}))  # a lone surrogate, escaped as JSON allows
-        assert "hi \ufffd there" in tab.wait_for_text("not valid Unicode")  # shown repaired, refused all the same
+        assert "hi \ufffd there" in form  # the lone surrogate shown repaired, refused all the same
         tab.send_chat("heard, on the same connection")
         tab.wait_for_text("heard, on the same connection")  # every tab's copy of the message, this one's too
     finally:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 
 import pytest
 
@@ -127,6 +128,27 @@ def test_on_sent_is_called_once_the_request_is_written_before_any_answer_and_nev
         loop.run_until_complete(reply(client_for(fake), unreachable))  # (stopped above)
     loop.close()
     assert unreachable == []
+
+
+def test_on_sent_still_comes_once_before_the_first_chunk_from_a_transport_without_trace_hooks():
+    import httpx
+
+    def ollama(request: httpx.Request) -> httpx.Response:
+        lines = [{"message": {"role": "assistant", "content": "hi"}, "done": False},
+                 {"message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop"}]
+        return httpx.Response(200, content="".join(json.dumps(line) + "\n" for line in lines).encode())
+
+    async def reply(client: OllamaClient, events: list) -> None:
+        client.http = httpx.AsyncClient(base_url="http://ollama.test", transport=httpx.MockTransport(ollama))
+        try:
+            async for chunk in client.chat("m", HELLO, num_ctx=4096, on_sent=lambda: events.append("sent")):
+                events.append(chunk.content or "done")
+        finally:
+            await client.close()
+
+    events: list = []
+    run(reply(OllamaClient(config.load({})), events))
+    assert events == ["sent", "hi", "done"]
 
 
 def test_a_slow_first_token_is_waited_for_but_a_stalled_stream_is_not():

@@ -89,15 +89,19 @@ def test_a_refused_message_comes_back_with_why_and_the_form_still_sends(system, 
     expect(page.get_by_role("log").locator(".msg.user p")).to_have_text("now with words")
     expect(page.locator("#chat-form .error")).to_have_count(0)
     expect(page.get_by_label("Message")).to_have_value("")
+    system.bus.wait_for("journal.chat.sent", text="now with words")  # (the bus watcher may lag the page)
     assert [m.data["text"] for m in system.bus.of_type("journal.chat.sent")] == ["now with words"]
 
 
 def test_after_send_by_click_or_keyboard_the_message_box_has_the_focus(system, page):
     message = page.get_by_label("Message")
     message.fill("clicked")
-    page.get_by_role("button", name="Send").click()  # pressing it leaves the focus where it was
+    page.evaluate("""() => { window.blurs = 0;
+        document.getElementById("message").addEventListener("blur", () => { window.blurs += 1; }); }""")
+    page.get_by_role("button", name="Send").click()
     expect(page.get_by_role("log").locator(".msg.user p")).to_have_text("clicked")
     expect(message).to_be_focused()
+    assert page.evaluate("window.blurs") == 0  # pressing Send never took the focus: nothing to move back
     message.fill("by keyboard")
     page.get_by_role("button", name="Send").focus()  # reached with Tab, pressed with Enter
     page.keyboard.press("Enter")

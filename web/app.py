@@ -34,7 +34,8 @@ from web import assistant_actions, models, todos, workers
 
 STATIC_DIR = Path(__file__).parent / "static"
 CHAT_HISTORY_SHOWN = 100  # messages rendered at once; "Load earlier messages" fetches the ones before
-RENDERED_ENTRIES_KEPT = 3 * CHAT_HISTORY_SHOWN  # the recent ones, and pages of earlier ones someone loaded
+RENDERED_ENTRIES_KEPT = 3 * CHAT_HISTORY_SHOWN
+UNSUPPORTED_DATA = 1003  # WebSocket close code: a frame the endpoint cannot take  # the recent ones, and pages of earlier ones someone loaded
 # What the chat log shows (a model switch, and what the assistant changed or proposes, too).
 CHAT_TYPES = (*protocol.ASKS, protocol.REPLY_SAVED, protocol.NOTE_SHOWN, protocol.MODEL_CHOSEN,
               protocol.TOOL_APPLIED, protocol.TOOL_PROPOSED)
@@ -81,17 +82,20 @@ async def database_unavailable(conn: HTTPConnection, error: sqlite3.OperationalE
     rolled back (see Store.transaction), so nothing was stored and the person can simply try again."""
     if conn.scope["type"] == "websocket":
         log.warning("database unavailable (%s): %s", error.sqlite_errorname, error)
-        return None  # the endpoint has already closed it (1011), and the tab reconnects by itself
+        return None  # the connection ends with the endpoint, and the tab reconnects by itself
     # The notice area and retry hint of a rate-limited request: htmx shows the message there, not in the form.
     return PlainTextResponse(unavailable(error), 503, headers=RATE_LIMITED_HEADERS)
 
 
 def unavailable(error: sqlite3.Error) -> str:
     """What to tell the person when the database refused a change (logged here)."""
-    log.warning("database unavailable (%s): %s", getattr(error, "sqlite_errorname", ""), error)
-    if getattr(error, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+    name = getattr(error, "sqlite_errorname", "")
+    log.warning("database unavailable (%s): %s", name, error)
+    if name in ("SQLITE_BUSY", "SQLITE_LOCKED"):
         return "The database is busy; try again in a moment."
-    return f"The database could not be used ({error}): free some disk space for DATA_DIR, then try again."
+    if name == "SQLITE_FULL":
+        return f"The database could not be used ({error}): free some disk space for DATA_DIR, then try again."
+    return f"The database could not be used ({error}); nothing was stored. The web's log says more."
 
 
 def create_app(settings: Settings) -> FastHTML:
@@ -209,15 +213,9 @@ def create_app(settings: Settings) -> FastHTML:
 
     unreadable = DropLog("frame from a tab that no page of ours sends")
 
-    def message_from_tab(frame: object):
-        """A frame a tab sent: its chat form (ws-send). Nothing goes back when the message is taken (every tab,
-        this one included, shows it); else the form, with the text and why not. A frame no page of ours sends is
-        logged and dropped."""
-        try:
-            fields = form_fields(frame)
-        except ValueError as error:
-            unreadable.record(error)
-            return None
+    def message_from_tab(fields: dict):
+        """The chat form a tab sent (ws-send). Nothing goes back when the message is taken (every tab, this one
+        included, shows it); else the form, with the text and why not."""
         text = fields.get("text", "")
         try:
             if not change_budget.take():  # the budget of every change by HTTP (web/guard.py)
@@ -271,7 +269,15 @@ def create_app(settings: Settings) -> FastHTML:
         try:
             clients.send_html(ws, resync(todos.view_of(ws.query_params)) + model_panel.resync())
             while (frame := await ws.receive())["type"] == "websocket.receive":
-                answer = message_from_tab(frame.get("text"))  # None: a binary frame
+                try:
+                    fields = form_fields(frame.get("text"))  # (None: a binary frame)
+                except ValueError as error:
+                    # Whoever sends it is no page of ours: closed, so that it cannot keep the loop parsing
+                    # 64 KiB frames for nothing, as the rate limit counts only what a form sends.
+                    unreadable.record(error)
+                    await ws.close(UNSUPPORTED_DATA)
+                    return
+                answer = message_from_tab(fields)
                 if answer is not None:
                     clients.send(ws, answer)
         finally:
