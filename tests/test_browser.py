@@ -129,8 +129,10 @@ def test_a_message_sent_while_the_page_reconnects_stays_in_the_box_and_is_never_
     expect(message).to_have_value("while away")
     assert page.url.rstrip("/") == system.url.rstrip("/")  # no plain POST to /chat either
     expect(page.locator("body[data-offline]")).to_have_count(1)
+    expect(page.get_by_role("status")).to_contain_text("Not connected to the app: reconnecting")
     system.start_web()
     expect(page.locator("body[data-offline]")).to_have_count(0, timeout=20_000)  # reconnected
+    expect(page.get_by_role("status")).to_contain_text("Assistant: ready")  # the web's own status, resynced
     page.get_by_role("button", name="Send").click()
     expect(page.get_by_role("log").locator(".msg.user p")).to_have_text(["while away"], timeout=20_000)
     page.get_by_label("Message").fill("and after")

@@ -163,6 +163,13 @@ let socketOpen = true;
 function connected(open) {
   socketOpen = open;
   document.body.toggleAttribute("data-offline", !open);  // (for a test to wait on, and for styles)
+  // The status line says so: it comes from the web, and would go on saying "ready". The resync a reconnect brings
+  // puts the web's own status back.
+  const state = document.getElementById("llm-state");
+  if (!open && state) {
+    state.textContent = "Not connected to the app: reconnecting…";
+    state.className = "state offline";
+  }
 }
 document.addEventListener("htmx:wsOpen", () => connected(true));
 document.addEventListener("htmx:wsClose", () => connected(false));
