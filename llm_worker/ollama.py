@@ -207,7 +207,8 @@ class OllamaClient:
             if event == "http11.send_request_body.complete":
                 written()
 
-        request.extensions["trace"] = trace
+        if on_sent is not None:  # (otherwise httpcore need not await a hook at each step of every request)
+            request.extensions["trace"] = trace
         response = await self._send(request, model)
         written()  # at the latest with the answer: should an httpx to come not call the hook, it is late, not lost
         try:

@@ -34,8 +34,8 @@ from web import assistant_actions, models, todos, workers
 
 STATIC_DIR = Path(__file__).parent / "static"
 CHAT_HISTORY_SHOWN = 100  # messages rendered at once; "Load earlier messages" fetches the ones before
-RENDERED_ENTRIES_KEPT = 3 * CHAT_HISTORY_SHOWN
-UNSUPPORTED_DATA = 1003  # WebSocket close code: a frame the endpoint cannot take  # the recent ones, and pages of earlier ones someone loaded
+RENDERED_ENTRIES_KEPT = 3 * CHAT_HISTORY_SHOWN  # the recent ones, and pages of earlier ones someone loaded
+UNSUPPORTED_DATA = 1003  # WebSocket close code: a frame the endpoint cannot take
 # What the chat log shows (a model switch, and what the assistant changed or proposes, too).
 CHAT_TYPES = (*protocol.ASKS, protocol.REPLY_SAVED, protocol.NOTE_SHOWN, protocol.MODEL_CHOSEN,
               protocol.TOOL_APPLIED, protocol.TOOL_PROPOSED)
