@@ -325,3 +325,28 @@ def test_the_newest_reply_can_be_regenerated_and_a_reload_shows_it_all(fake_olla
     page.reload()
     expect(page.get_by_role("log").locator(".msg.assistant .body")).to_have_text(["First", "Second", "Third"])
     assert fake_ollama.requests[-1]["messages"][-1]["content"] == "[asked you to answer that again, differently]"
+
+
+def test_chat_appends_are_the_page_scripts_in_order_and_other_frames_stay_htmxs(fake_ollama, page):
+    # Your message and a reply's bubble are appended by app.js, not by htmx's swap (the reply's first token waited
+    # behind it: figure 15); a frame that carries anything besides an append is left to htmx.
+    page.evaluate("""() => { window.swappedInto = [];
+        document.body.addEventListener("htmx:oobAfterSwap", (event) => window.swappedInto.push(event.detail.target.id));
+    }""")
+    log = page.get_by_role("log")
+    for number, text in enumerate(("first", "second"), 1):
+        page.get_by_label("Message").fill(text)
+        page.get_by_role("button", name="Send").click()
+        expect(log.locator(".msg.assistant:not(:has(.streaming))")).to_have_count(number, timeout=10_000)
+    expect(log.locator(".msg")).to_have_class(["msg user", "msg assistant", "msg user", "msg assistant"])
+    expect(log.locator(".msg.user p")).to_have_text(["first", "second"])
+    assert "chat-log" not in page.evaluate("window.swappedInto")
+
+    dispatch = """frame => { const event = new CustomEvent("htmx:wsBeforeMessage",
+        {bubbles: true, cancelable: true, detail: {message: frame}});
+      document.body.dispatchEvent(event); return event.defaultPrevented; }"""
+    note = '<div hx-swap-oob="beforeend:#chat-log"><div class="msg note">a note</div></div>'
+    assert page.evaluate(dispatch, note + '<span id="llm-state" hx-swap-oob="true">busy</span>') is False
+    expect(log.locator(".msg")).to_have_count(4)  # untouched: htmx's to swap
+    assert page.evaluate(dispatch, note) is True
+    expect(log.locator(".msg").last).to_have_text("a note")
