@@ -302,8 +302,8 @@ class Tab:
         return self._ws.close_code
 
     def send_chat(self, text: object) -> None:
-        """What the page's chat form sends (htmx's ws-send): its fields and htmx's headers, as one JSON object."""
-        self.send(json.dumps({"text": text, "HEADERS": {"HX-Request": "true", "HX-Trigger": "chat-form"}}))
+        """What the page's chat form sends (web/static/app.js): its fields, as one JSON object."""
+        self.send(json.dumps({"text": text}))
 
     def close(self) -> None:
         self._ws.close()

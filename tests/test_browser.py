@@ -143,6 +143,37 @@ def test_a_message_sent_while_the_page_reconnects_stays_in_the_box_and_is_never_
     assert [m.data["text"] for m in system.bus.of_type("journal.chat.sent")] == ["while away", "and after"]
 
 
+# The page's WebSocket seems to be connecting until the test calls window.releaseSocket(): it reports CONNECTING and
+# its open event (what htmx hears) waits, while the real socket underneath opens as usual.
+HOLD_FIRST_OPEN = """(() => {
+  const Real = window.WebSocket;
+  window.releaseSocket = null;
+  window.WebSocket = class extends Real {
+    get readyState() { return this.released ? super.readyState : Real.CONNECTING; }
+    set onopen(handler) {
+      window.releaseSocket = () => { this.released = true; handler.call(this, new Event("open")); };
+    }
+  };
+})()"""
+
+
+def test_a_message_sent_before_the_page_first_connects_goes_once_it_has(system, browser):
+    page = browser.new_page()
+    page.add_init_script(HOLD_FIRST_OPEN)
+    page.goto(system.url)
+    page.wait_for_function("window.releaseSocket !== null")
+    message, log = page.get_by_label("Message"), page.get_by_role("log")
+    message.fill("quick first words")
+    page.get_by_role("button", name="Send").click()
+    expect(message).to_have_value("")  # taken, to go when the socket opens
+    expect(page.locator("#chat-form .error")).to_have_count(0)
+    expect(log.locator(".msg.user")).to_have_count(0)
+    page.evaluate("window.releaseSocket()")
+    expect(log.locator(".msg.user p")).to_have_text(["quick first words"])
+    system.bus.wait_for("journal.chat.sent", text="quick first words")
+    assert [m.data["text"] for m in system.bus.of_type("journal.chat.sent")] == ["quick first words"]
+
+
 def test_the_status_counts_the_workers_and_names_the_one_answering(tmp_path, fake_ollama, browser):
     fake_ollama.knobs.tokens_per_s = 10
     fake_ollama.knobs.reply = lambda request: [" slowly"] * 40

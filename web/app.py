@@ -214,8 +214,8 @@ def create_app(settings: Settings) -> FastHTML:
     unreadable = DropLog("frame from a tab that no page of ours sends")
 
     def message_from_tab(fields: dict):
-        """The chat form a tab sent (ws-send). Nothing goes back when the message is taken (every tab, this one
-        included, shows it); else the form, with the text and why not."""
+        """The chat form a tab sent over its WebSocket (app.js). Nothing goes back when the message is taken (every
+        tab, this one included, shows it); else the form, with the text and why not."""
         text = fields.get("text", "")
         try:
             if not change_budget.take():  # the budget of every change by HTTP (web/guard.py)

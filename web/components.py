@@ -213,10 +213,10 @@ def ChatForm(value: str = "", error: str = ""):
             cls="chat-buttons",
         ),
         P(error, cls="error", role="alert") if error else None,
-        # Sent over the tab's WebSocket (htmx's ws-send; see tab_socket in web/app.py); a message refused comes
-        # back as this form, swapped in by id, with the text and why.
+        # Sent over the tab's WebSocket by the page's script (app.js; see tab_socket in web/app.py); a message
+        # refused comes back as this form, swapped in by id, with the text and why.
         # (Without the page's scripts, a plain POST to the same route.)
-        id="chat-form", ws_send=True, method="post", action="/chat",
+        id="chat-form", method="post", action="/chat",
     )
 
 
