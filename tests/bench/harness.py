@@ -247,6 +247,51 @@ class StampedTap(QuietWatcher):
         return self.messages.wait_for(lambda item: predicate(item[1]), timeout_s, what, start)
 
 
+class LazyTap:
+    """The bus on these topics, read only when asked (`wait_for`, `read_queued`): no thread of this process wakes for
+    them while a figure is timed. Two watcher threads did, for each message, on the 2 cores the app and chromium
+    share. Messages keep their sender's `ts`; meanwhile they wait in the socket's queue."""
+
+    def __init__(self, address: str, topics: tuple[str, ...]) -> None:
+        self.messages: list[protocol.Message] = []
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.SUB)
+        for topic in topics:
+            self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
+        self._socket.connect(address)
+
+    def read_queued(self, wait_ms: int = 0) -> None:
+        """What has arrived, waiting up to `wait_ms` for the first of it."""
+        if not self._socket.poll(wait_ms):
+            return
+        while True:
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self.messages.append(protocol.decode(frames))
+            except ProtocolError:
+                pass
+
+    def wait_for(self, kind: str, timeout_s: float = 10, start: int = 0, **data) -> protocol.Message:
+        """The first message from index `start` on of this type with these data fields (as BusWatcher.wait_for)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for message in self.messages[start:]:
+                if message.type == kind and all(message.data.get(k) == v for k, v in data.items()):
+                    return message
+            start = len(self.messages)
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                raise TimeoutError(f"timed out after {timeout_s} s waiting for {kind} {data or ''}")
+            self.read_queued(remaining_ms)
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+        self._context.term()
+
+
 class TokenTap(StampedTap):
     """Every llm.token on the bus, stamped as it arrives: splits the relay overhead at the bus."""
 
