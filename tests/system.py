@@ -249,9 +249,9 @@ STREAMING_BODY = re.compile(r'<div id="rb-([A-Za-z0-9_-]+)" class="body streamin
 
 
 class TokenReader:
-    """Reads a tab's frames for reply text as the page's script does (web/static/app.js): a reply's bubble arrives
-    with its first token(s), a resync shows the reply streaming now, and each token frame appends to the last of
-    those. `read(frame)` gives the (reply_id, text) pairs that frame adds."""
+    """Reads a tab's frames for reply text as the page's script does (web/static/chat-socket.js): a reply's bubble
+    arrives with its first token(s), a resync shows the reply streaming now, and each token frame appends to the last
+    of those. `read(frame)` gives the (reply_id, text) pairs that frame adds."""
 
     def __init__(self) -> None:
         self.streaming: str | None = None
@@ -302,7 +302,7 @@ class Tab:
         return self._ws.close_code
 
     def send_chat(self, text: object) -> None:
-        """What the page's chat form sends (web/static/app.js): its fields, as one JSON object."""
+        """What the page's chat form sends (web/static/chat-socket.js): its fields, as one JSON object."""
         self.send(json.dumps({"text": text}))
 
     def close(self) -> None:

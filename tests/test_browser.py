@@ -143,35 +143,68 @@ def test_a_message_sent_while_the_page_reconnects_stays_in_the_box_and_is_never_
     assert [m.data["text"] for m in system.bus.of_type("journal.chat.sent")] == ["while away", "and after"]
 
 
-# The page's WebSocket seems to be connecting until the test calls window.releaseSocket(): it reports CONNECTING and
-# its open event (what htmx hears) waits, while the real socket underneath opens as usual.
-HOLD_FIRST_OPEN = """(() => {
+# The page's WebSocket seems to be connecting until the test calls window.releaseSocket() (it opens) or
+# window.failSocket() (it closes without having opened, as when the web is down). Meanwhile it reports CONNECTING and
+# refuses to send, as a connecting socket does, while the real socket underneath opens as usual. Each socket htmx
+# makes (it makes another to reconnect) is held in turn.
+HOLD_SOCKET = """(() => {
   const Real = window.WebSocket;
-  window.releaseSocket = null;
+  window.releaseSocket = window.failSocket = null;
   window.WebSocket = class extends Real {
     get readyState() { return this.released ? super.readyState : Real.CONNECTING; }
+    send(data) {
+      if (!this.released) throw new DOMException("Still in CONNECTING state.", "InvalidStateError");
+      super.send(data);
+    }
     set onopen(handler) {
       window.releaseSocket = () => { this.released = true; handler.call(this, new Event("open")); };
+    }
+    set onclose(handler) {
+      window.failSocket = () => { super.close(); handler.call(this, new CloseEvent("close", {code: 1006})); };
     }
   };
 })()"""
 
 
-def test_a_message_sent_before_the_page_first_connects_goes_once_it_has(system, browser):
+def held_page(system, browser):
     page = browser.new_page()
-    page.add_init_script(HOLD_FIRST_OPEN)
+    page.add_init_script(HOLD_SOCKET)
     page.goto(system.url)
-    page.wait_for_function("window.releaseSocket !== null")
+    page.wait_for_function("() => window.releaseSocket !== null")
+    return page
+
+
+def test_a_message_sent_before_the_page_first_connects_goes_once_it_has(system, browser):
+    page = held_page(system, browser)
     message, log = page.get_by_label("Message"), page.get_by_role("log")
     message.fill("quick first words")
     page.get_by_role("button", name="Send").click()
     expect(message).to_have_value("")  # taken, to go when the socket opens
     expect(page.locator("#chat-form .error")).to_have_count(0)
-    expect(log.locator(".msg.user")).to_have_count(0)
     page.evaluate("window.releaseSocket()")
     expect(log.locator(".msg.user p")).to_have_text(["quick first words"])
     system.bus.wait_for("journal.chat.sent", text="quick first words")
     assert [m.data["text"] for m in system.bus.of_type("journal.chat.sent")] == ["quick first words"]
+
+
+def test_a_message_sent_while_the_first_connection_fails_comes_back_to_the_box(system, browser):
+    page = held_page(system, browser)
+    message, log = page.get_by_label("Message"), page.get_by_role("log")
+    message.fill("into the void")
+    page.get_by_role("button", name="Send").click()
+    expect(message).to_have_value("")
+    page.evaluate("""() => { window.firstSocket = window.releaseSocket; window.releaseSocket = null;
+        htmx.config.wsReconnectDelay = () => 50; window.failSocket(); }""")
+    expect(message).to_have_value("into the void")  # back, not queued to go whenever a socket opens
+    expect(page.locator("#chat-form .error")).to_contain_text("Not connected")
+    page.wait_for_function("() => window.releaseSocket !== null")  # htmx's second try
+    page.evaluate("window.releaseSocket()")
+    expect(page.locator("body[data-offline]")).to_have_count(0)
+    expect(log.locator(".msg.user")).to_have_count(0)
+    page.get_by_role("button", name="Send").click()
+    expect(log.locator(".msg.user p")).to_have_text(["into the void"])
+    system.bus.wait_for("journal.chat.sent", text="into the void")
+    assert [m.data["text"] for m in system.bus.of_type("journal.chat.sent")] == ["into the void"]
 
 
 def test_the_status_counts_the_workers_and_names_the_one_answering(tmp_path, fake_ollama, browser):

@@ -95,7 +95,7 @@ def test_a_tab_sends_its_chat_over_its_websocket_and_a_frame_no_page_sends_close
         refusals = ((json.dumps({"text": 12}), "A message must be text."),
                     (json.dumps({"text": "   "}), "A message cannot be empty."),
                     (json.dumps({"text": "x" * 4_001}), "A message is too long: 4001 characters"),
-                    (json.dumps({"HEADERS": {}}), "A message cannot be empty."),
+                    (json.dumps({}), "A message cannot be empty."),
                     ('{"text": null}', "A message must be text."),
                     ('{"text": "hi \\ud800 there"}', "not valid Unicode"))  # JSON's escape for a lone surrogate
         for frame, why in refusals:

@@ -328,7 +328,7 @@ def test_the_newest_reply_can_be_regenerated_and_a_reload_shows_it_all(fake_olla
 
 
 def test_chat_appends_are_the_page_scripts_in_order_and_other_frames_stay_htmxs(fake_ollama, page):
-    # Your message and a reply's bubble are appended by app.js, not by htmx's swap (the reply's first token waited
+    # Your message and a reply's bubble are appended by chat-socket.js, not by htmx's swap (the reply's first token waited
     # behind it: figure 15); a frame that carries anything besides an append is left to htmx.
     page.evaluate("""() => { window.swappedInto = [];
         document.body.addEventListener("htmx:oobAfterSwap", (event) => window.swappedInto.push(event.detail.target.id));

@@ -61,6 +61,7 @@ HEADERS = (
     Script(src="/static/vendor/htmx-2.0.8.min.js"),
     Script(src="/static/vendor/htmx-ext-ws-2.0.4.js"),
     Script(src="/static/app.js", defer=True),
+    Script(src="/static/chat-socket.js", defer=True),  # (after app.js: it uses its helpers)
 )
 
 
@@ -139,8 +140,8 @@ def create_app(settings: Settings) -> FastHTML:
         hdrs=HEADERS, default_hdrs=False, canonical=False, sess_cls=None, secret_key=secrets.token_hex(16),
         htmlkw={"lang": "en"},
         lifespan=lifespan, routes=[Mount("/static", StaticFiles(directory=STATIC_DIR), name="static")],
-        hx_ext="ws",  # every tab listens on one WebSocket (see Page: its URL names the tab's filter); frames are
-        # out-of-band swaps
+        hx_ext="ws",  # every tab listens on one WebSocket (see Page: its URL names the tab's filter); its frames
+        # are out-of-band swaps, but for those static/chat-socket.js handles itself
     )
     app.state.relay, app.state.clients, app.state.store = relay, clients, store
     app.add_exception_handler(sqlite3.OperationalError, database_unavailable)
@@ -214,7 +215,7 @@ def create_app(settings: Settings) -> FastHTML:
     unreadable = DropLog("frame from a tab that no page of ours sends")
 
     def message_from_tab(fields: dict):
-        """The chat form a tab sent over its WebSocket (app.js). Nothing goes back when the message is taken (every
+        """The chat form a tab sent over its WebSocket (static/chat-socket.js). Nothing goes back when the message is taken (every
         tab, this one included, shows it); else the form, with the text and why not."""
         text = fields.get("text", "")
         try:

@@ -46,7 +46,7 @@ FIRST_SHOWN = """wait => Promise.race([window.firstShown, new Promise((_, fail) 
 HOPS = ("click → chat journaled (WebSocket, SQLite, publish)", "journaled → claim granted (bus, worker's request)",
         "claim granted → request written: llm.start (worker: prompt, httpx)", "llm.start → Ollama request arrives",
         "first token written → worker publishes it", "published → frame in the page (bus, relay, WebSocket)",
-        "frame in the page → visible (htmx swap)")
+        "frame in the page → visible (appended, drawn)")
 
 
 def first_visible_token(tmp_path: Path, fake: FakeOllamaProcess, rounds: int) -> dict:
@@ -89,7 +89,7 @@ def whole_reply(page, app, fake: FakeOllamaProcess, number: int) -> dict:
     """Issue 16: everything the tab receives from the click on Send to the status saying "ready" again, for a
     reply of 40 word-sized tokens (PROSE), in WebSocket frame bytes (payload + header, uncompressed): by kind."""
     fake.set(tokens=0, prose=True, tokens_per_s=100)  # at a model's pace: tokens travel one by one
-    # Recorded from a fresh load only: while the figure above is timed, no frame is copied to this process.
+    # The frames of a fresh load only. (Playwright's driver sends this process every frame, listened to or not.)
     frames = record_frames(page)
     page.goto(app.url)
     page.get_by_role("status").filter(has_text="ready").wait_for(timeout=WAIT_MS)

@@ -21,6 +21,7 @@ import httpx
 import zmq
 
 from services import protocol
+from services.busclient import HWM_MESSAGES
 from services.protocol import ProtocolError
 from tests.fake_ollama import FakeOllama
 from tests.system import BusWatcher, Recorder, System, descendants, running
@@ -209,6 +210,17 @@ class FakeOllamaProcess:
 # the system under test
 
 
+def subscribed(address: str, topics: tuple[str, ...]) -> tuple[zmq.Context, zmq.Socket]:
+    """A SUB socket on the bus, on these topics only, queueing as many messages as the app's own (HWM_MESSAGES)."""
+    context = zmq.Context()
+    socket = context.socket(zmq.SUB)
+    socket.setsockopt(zmq.RCVHWM, HWM_MESSAGES)
+    for topic in topics:
+        socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
+    socket.connect(address)
+    return context, socket
+
+
 class QuietWatcher(BusWatcher):
     """tests.system.BusWatcher hearing only heartbeats and the journal, not every token: decoding 10,000 tokens/s
     in this process would compete with the clients being timed (and Recorder.wait_for rescans on each one)."""
@@ -217,11 +229,7 @@ class QuietWatcher(BusWatcher):
 
     def __init__(self, address: str, topics: tuple[str, ...] = TOPICS) -> None:  # BusWatcher's, with a filter
         self.messages = Recorder()
-        self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.SUB)
-        for topic in topics:
-            self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
-        self._socket.connect(address)
+        self._context, self._socket = subscribed(address, topics)
         self._running = True
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -254,11 +262,7 @@ class LazyTap:
 
     def __init__(self, address: str, topics: tuple[str, ...]) -> None:
         self.messages: list[protocol.Message] = []
-        self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.SUB)
-        for topic in topics:
-            self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
-        self._socket.connect(address)
+        self._context, self._socket = subscribed(address, topics)
 
     def read_queued(self, wait_ms: int = 0) -> None:
         """What has arrived, waiting up to `wait_ms` for the first of it."""
