@@ -81,8 +81,8 @@ def percentile(ordered: list[float], p: float) -> float:
 def summary(values: list[float], scale: float = 1.0) -> dict:
     ordered = sorted(v * scale for v in values)
     if not ordered:
-        return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None, "mean": None}
-    return {"n": len(ordered), "p50": percentile(ordered, 50), "p95": percentile(ordered, 95),
+        return {"n": 0, "min": None, "p50": None, "p95": None, "p99": None, "max": None, "mean": None}
+    return {"n": len(ordered), "min": ordered[0], "p50": percentile(ordered, 50), "p95": percentile(ordered, 95),
             "p99": percentile(ordered, 99), "max": ordered[-1], "mean": sum(ordered) / len(ordered)}
 
 
