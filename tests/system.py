@@ -230,19 +230,27 @@ class BusWatcher:
                     pass
 
     def wait_for(self, kind: str, timeout_s: float = 10, start: int = 0, **data) -> Message:
-        def matches(message: Message) -> bool:
-            return message.type == kind and all(message.data.get(k) == v for k, v in data.items())
-
-        return self.messages.wait_for(matches, timeout_s, f"{kind} {data or ''}", start)
+        return self.messages.wait_for(lambda message: matches(message, kind, data), timeout_s, f"{kind} {data or ''}",
+                                      start)
 
     def of_type(self, kind: str) -> list[Message]:
         return [m for m in self.messages.items if m.type == kind]
+
+    def chats_sent(self, last: str) -> list[str]:
+        """The text of every chat message journaled, once the one with text `last` is (the bus may lag a page)."""
+        self.wait_for("journal.chat.sent", text=last)
+        return [m.data["text"] for m in self.of_type("journal.chat.sent")]
 
     def close(self) -> None:
         self._running = False
         self._thread.join(timeout=2)
         self._socket.close(linger=0)
         self._context.term()
+
+
+def matches(message: Message, kind: str, data: dict) -> bool:
+    """A bus message of this type whose data has these fields (what a watcher's `wait_for` looks for)."""
+    return message.type == kind and all(message.data.get(k) == v for k, v in data.items())
 
 
 STREAMING_BODY = re.compile(r'<div id="rb-([A-Za-z0-9_-]+)" class="body streaming">([^<]*)</div>')  # AssistantReply

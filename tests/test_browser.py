@@ -139,8 +139,7 @@ def test_a_message_sent_while_the_page_reconnects_stays_in_the_box_and_is_never_
     page.get_by_role("button", name="Send").click()
     expect(page.get_by_role("log").locator(".msg.user p")).to_have_text(["while away", "and after"])
     # Had the first press been queued, the message would have gone twice: once when the socket opened.
-    system.bus.wait_for("journal.chat.sent", text="and after")  # (the bus watcher may lag the page)
-    assert [m.data["text"] for m in system.bus.of_type("journal.chat.sent")] == ["while away", "and after"]
+    assert system.bus.chats_sent(last="and after") == ["while away", "and after"]
 
 
 # The page's WebSocket seems to be connecting until the test calls window.releaseSocket() (it opens) or
@@ -183,8 +182,7 @@ def test_a_message_sent_before_the_page_first_connects_goes_once_it_has(system, 
     expect(page.locator("#chat-form .error")).to_have_count(0)
     page.evaluate("window.releaseSocket()")
     expect(log.locator(".msg.user p")).to_have_text(["quick first words"])
-    system.bus.wait_for("journal.chat.sent", text="quick first words")
-    assert [m.data["text"] for m in system.bus.of_type("journal.chat.sent")] == ["quick first words"]
+    assert system.bus.chats_sent(last="quick first words") == ["quick first words"]
 
 
 def test_a_message_sent_while_the_first_connection_fails_comes_back_to_the_box(system, browser):
@@ -203,8 +201,7 @@ def test_a_message_sent_while_the_first_connection_fails_comes_back_to_the_box(s
     expect(log.locator(".msg.user")).to_have_count(0)
     page.get_by_role("button", name="Send").click()
     expect(log.locator(".msg.user p")).to_have_text(["into the void"])
-    system.bus.wait_for("journal.chat.sent", text="into the void")
-    assert [m.data["text"] for m in system.bus.of_type("journal.chat.sent")] == ["into the void"]
+    assert system.bus.chats_sent(last="into the void") == ["into the void"]
 
 
 def test_the_status_counts_the_workers_and_names_the_one_answering(tmp_path, fake_ollama, browser):

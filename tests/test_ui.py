@@ -89,8 +89,7 @@ def test_a_refused_message_comes_back_with_why_and_the_form_still_sends(system, 
     expect(page.get_by_role("log").locator(".msg.user p")).to_have_text("now with words")
     expect(page.locator("#chat-form .error")).to_have_count(0)
     expect(page.get_by_label("Message")).to_have_value("")
-    system.bus.wait_for("journal.chat.sent", text="now with words")  # (the bus watcher may lag the page)
-    assert [m.data["text"] for m in system.bus.of_type("journal.chat.sent")] == ["now with words"]
+    assert system.bus.chats_sent(last="now with words") == ["now with words"]
 
 
 def test_after_send_by_click_or_keyboard_the_message_box_has_the_focus(system, page):
@@ -332,8 +331,8 @@ def test_the_newest_reply_can_be_regenerated_and_a_reload_shows_it_all(fake_olla
 
 
 def test_chat_appends_are_the_page_scripts_in_order_and_other_frames_stay_htmxs(fake_ollama, page):
-    # Your message and a reply's bubble are appended by chat-socket.js, not by htmx's swap (the reply's first token waited
-    # behind it: figure 15); a frame that carries anything besides an append is left to htmx.
+    # Your message and a reply's bubble are appended by chat-socket.js, not by htmx's swap (the reply's first token
+    # waited behind it: figure 15); a frame that carries anything besides an append is left to htmx.
     page.evaluate("""() => { window.swappedInto = [];
         document.body.addEventListener("htmx:oobAfterSwap", (event) => window.swappedInto.push(event.detail.target.id));
     }""")

@@ -206,17 +206,18 @@ def create_app(settings: Settings) -> FastHTML:
     @app.post("/chat")
     async def send_chat(form: dict):
         # For scripts and tests: the page sends its messages over its WebSocket (see message_from_tab).
+        text = form.get("text", "")
         try:
-            take_message(form.get("text", ""))
+            take_message(text)
         except InputError as error:
-            return invalid(ChatForm(shown(form.get("text", "")), str(error)))
+            return invalid(ChatForm(shown(text), str(error)))
         return Response(status_code=204)
 
     unreadable = DropLog("frame from a tab that no page of ours sends")
 
     def message_from_tab(fields: dict):
-        """The chat form a tab sent over its WebSocket (static/chat-socket.js). Nothing goes back when the message is taken (every
-        tab, this one included, shows it); else the form, with the text and why not."""
+        """The chat form a tab sent over its WebSocket (static/chat-socket.js). Nothing goes back when the message
+        is taken (every tab, this one included, shows it); else the form, with the text and why not."""
         text = fields.get("text", "")
         try:
             if not change_budget.take():  # the budget of every change by HTTP (web/guard.py)

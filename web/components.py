@@ -213,8 +213,8 @@ def ChatForm(value: str = "", error: str = ""):
             cls="chat-buttons",
         ),
         P(error, cls="error", role="alert") if error else None,
-        # Sent over the tab's WebSocket by the page's script (chat-socket.js; see tab_socket in web/app.py); a message
-        # refused comes back as this form, swapped in by id, with the text and why.
+        # Sent over the tab's WebSocket by the page's script (chat-socket.js; see tab_socket in web/app.py); a
+        # message refused comes back as this form, swapped in by id, with the text and why.
         # (Without the page's scripts, a plain POST to the same route.)
         id="chat-form", method="post", action="/chat",
     )
@@ -276,8 +276,8 @@ TOKEN_FRAME = "\x02"  # starts a token frame; every other frame is HTML, and sta
 
 def token_frame(text: str) -> str:
     """A token for the reply streaming now: a marker and the bare text, which the page's script appends to that
-    reply's body as text (web/static/chat-socket.js), never parsed as HTML. The htmx out-of-band envelope it replaces cost
-    57 bytes around a few bytes of text; this costs one (plus the WebSocket header). One reply streams at a time
+    reply's body as text (web/static/chat-socket.js), never parsed as HTML. The htmx out-of-band envelope it replaces
+    cost 57 bytes around a few bytes of text; this costs one (plus the WebSocket header). One reply streams at a time
     (web/relay.py), so the frame need not name it."""
     return TOKEN_FRAME + text
 

@@ -43,8 +43,8 @@ def invalid(component) -> HTMLResponse:
 
 
 def form_fields(frame: object) -> dict:
-    """The fields of a form a tab sent over its WebSocket (chat-socket.js: one JSON object of the form's values). ValueError
-    for anything else: no page of ours sent it."""
+    """The fields of a form a tab sent over its WebSocket (chat-socket.js: one JSON object of the form's values).
+    ValueError for anything else: no page of ours sent it."""
     if not isinstance(frame, str):
         raise ValueError("a binary frame")
     try:

@@ -24,7 +24,7 @@ from services import protocol
 from services.busclient import HWM_MESSAGES
 from services.protocol import ProtocolError
 from tests.fake_ollama import FakeOllama
-from tests.system import BusWatcher, Recorder, System, descendants, running
+from tests.system import BusWatcher, Recorder, System, descendants, matches, running
 from tests.bench.tabs import WAIT_S, Listener, is_final
 
 
@@ -283,7 +283,7 @@ class LazyTap:
         deadline = time.monotonic() + timeout_s
         while True:
             for message in self.messages[start:]:
-                if message.type == kind and all(message.data.get(k) == v for k, v in data.items()):
+                if matches(message, kind, data):
                     return message
             start = len(self.messages)
             remaining_ms = int((deadline - time.monotonic()) * 1000)
