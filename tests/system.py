@@ -334,8 +334,10 @@ def running(tmp_path: Path, ollama_url: str, respawn: bool = False, worker: bool
             app.start_worker(respawn, name="worker" if number == 0 else f"worker{number + 1}")
         yield app
     finally:
-        if app.bus is not None:
-            app.bus.close()
-        codes = app.stop()
-        print(app.logs())
+        try:
+            if app.bus is not None:
+                app.bus.close()
+        finally:  # (a watcher that fails to close must not leave the processes running)
+            codes = app.stop()
+            print(app.logs())
     assert all(code is not None for code in codes.values()), f"a process ignored SIGTERM: {codes}"
